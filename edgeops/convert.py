@@ -1,0 +1,210 @@
+"""convert(): pick a converter from the registry, export, and check parity against the original.
+
+A converter is registered under (source framework, target format). It loads the source
+into a SourceModel (the original, runnable, with its input signature) and exports it.
+Generic code here never branches on the model type; tolerances live with converters.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from . import data as data_mod
+from .artifact import ModelArtifact, TensorSpec
+from .errors import InputFileError, ParityError, UsageError
+from .registry import Registry
+from .validate import ParityReport, Tolerance, compare
+
+if TYPE_CHECKING:
+    from .profiles import DeviceProfile
+
+TARGETS = ("onnx", "tflite")
+
+
+@dataclass
+class ConvertOptions:
+    opset: int | None = None  # explicit --opset; else the profile's runtime limit; else the converter's default
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    profile: "DeviceProfile | None" = None
+
+    @property
+    def max_opset(self) -> int | None:
+        rt = self.profile.onnx_runtime if self.profile else None
+        return rt.max_opset if rt else None
+
+    @property
+    def max_ir_version(self) -> int | None:
+        rt = self.profile.onnx_runtime if self.profile else None
+        return rt.max_ir_version if rt else None
+
+    @property
+    def max_ml_opset(self) -> int | None:
+        rt = self.profile.onnx_runtime if self.profile else None
+        return rt.max_ml_opset if rt else None
+
+    def target_opset(self, default: int) -> int:
+        """The opset to export with: --opset, capped by what the device's runtime loads."""
+        opset = self.opset or default
+        if self.max_opset and opset > self.max_opset:
+            if self.opset:
+                raise UsageError(
+                    f"--opset {self.opset} is newer than the device's onnxruntime loads "
+                    f"(opset <= {self.max_opset})", f"use --opset {self.max_opset} or lower")
+            opset = self.max_opset
+        return opset
+
+
+class SourceModel(Protocol):
+    """The original model, loaded and runnable, as a converter sees it."""
+
+    inputs: tuple[TensorSpec, ...]  # what sample data binds to
+    label_outputs: frozenset[str]  # outputs that hold class labels
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Reference outputs, in the converted model's output order."""
+        ...
+
+
+class Converter(Protocol):
+    source: str  # framework key: sklearn, torch, keras, tensorflow, onnx, tflite
+    target: str  # onnx | tflite
+    extra: str  # the pip extra that brings the framework
+    tolerance: Tolerance
+
+    def load(self, path: Path, options: ConvertOptions) -> SourceModel: ...
+
+    def export(self, model: SourceModel, out: Path, options: ConvertOptions) -> dict:
+        """Write the converted model to ``out``; return metadata (opset, converter versions)."""
+        ...
+
+
+def feeds_for_converted(model: SourceModel, feeds: dict[str, np.ndarray],
+                        converted_inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """The sample feeds for the converted model: a converter may remap them (layout, names)."""
+    remap = getattr(model, "converted_feeds", None)
+    if remap is not None:
+        return remap(feeds, converted_inputs)
+    names = [s.name for s in converted_inputs]
+    if set(names) == set(feeds):
+        return feeds
+    if len(names) == len(feeds):  # same inputs, renamed by the converter
+        return dict(zip(names, feeds.values()))
+    raise InputFileError("the converted model's inputs do not match the original's",
+                         "report this as a converter bug")
+
+
+CONVERTERS: Registry[Converter] = Registry("converter", entry_point_group="edgeops.converters")
+
+
+def _load_builtin() -> None:
+    import edgeops.converters  # noqa: F401  (registers the built-in converters)
+
+
+CONVERTERS.add_loader(_load_builtin)
+
+
+# Source detection: by content where it matters, by suffix otherwise.
+_SUFFIXES = {
+    ".pkl": "sklearn", ".pickle": "sklearn", ".joblib": "sklearn",
+    ".pt": "torch", ".pth": "torch", ".pt2": "torch",
+    ".keras": "keras", ".h5": "keras", ".hdf5": "keras",
+    ".onnx": "onnx", ".tflite": "tflite",
+}
+
+
+def detect_source(path: Path) -> str:
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return "tensorflow"
+        raise InputFileError(f"{path}: a directory, but not a TensorFlow SavedModel (no saved_model.pb)",
+                             "pass a model file, or a SavedModel directory")
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file", "check the path")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: the file is empty", "re-export the model")
+    framework = _SUFFIXES.get(path.suffix.lower())
+    if framework is None:
+        known = ", ".join(sorted(_SUFFIXES))
+        raise InputFileError(f"{path}: unknown model file type '{path.suffix}'",
+                             f"supported: {known}, or a SavedModel directory")
+    return framework
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    artifact: ModelArtifact
+    source: str
+    source_framework: str
+    converter: str
+    parity: ParityReport
+    metadata: dict
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "source_framework": self.source_framework,
+                "converter": self.converter, "model": self.artifact.to_dict(),
+                "parity": self.parity.to_dict(), "metadata": self.metadata}
+
+
+def convert(source: str | Path, to: str, out: str | Path, *, sample_input: str | Path | None = None,
+            options: ConvertOptions | None = None) -> ConversionResult:
+    """Convert ``source`` to ``to`` at ``out``, then check parity; nothing is left at ``out`` on failure."""
+    from .runtime import open_runtime
+
+    source, out = Path(source), Path(out)
+    options = options or ConvertOptions()
+    if to not in TARGETS:
+        raise UsageError(f"unknown target format '{to}'", f"use one of: {', '.join(TARGETS)}")
+    if out.suffix.lower() != f".{to}":
+        raise UsageError(f"output '{out}' should end in .{to}", f"name it e.g. {out.with_suffix('.' + to).name}")
+    if out.resolve() == source.resolve():
+        raise UsageError("the output path is the source model", "write to a new file")
+    framework = detect_source(source)
+    converter = CONVERTERS.get((framework, to))
+    model = converter.load(source, options)
+
+    if sample_input is not None:
+        feeds = data_mod.bind(data_mod.load_samples(sample_input), model.inputs, "--sample-input")
+    else:
+        feeds = data_mod.generate(model.inputs, options.input_shapes)
+    reference = model.predict(feeds)
+
+    with atomic_output(out) as tmp:
+        metadata = converter.export(model, tmp, options)
+        runtime = open_runtime(tmp)
+        converted = runtime.run(feeds_for_converted(model, feeds, runtime.inputs))
+        report = compare(reference, converted, converter.tolerance, model.label_outputs)
+        if not report.passed:
+            raise ParityError(
+                f"the converted model disagrees with the original: {'; '.join(report.failures())}",
+                report, "check the sample inputs; if they are realistic, report the model to the converter")
+        artifact = ModelArtifact(out, to, runtime.inputs, runtime.outputs, metadata)
+    return ConversionResult(artifact, str(source), framework, type(converter).__name__, report, metadata)
+
+
+class atomic_output:
+    """A temporary path beside ``out`` that is renamed onto ``out`` only if the block succeeds."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.out.stem}.", suffix=self.out.suffix,
+                                    dir=self.out.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)
+            for extra in self.tmp.parent.glob(self.tmp.name + "*"):  # e.g. external-data files
+                extra.unlink(missing_ok=True)
+        return False

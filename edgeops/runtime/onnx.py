@@ -1,0 +1,69 @@
+"""onnxruntime behind the Runtime protocol."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import TensorSpec
+from ..errors import DataError, InputFileError, require
+
+# ONNX type strings as onnxruntime reports them -> numpy dtype names.
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+def _dims(shape) -> tuple:
+    return tuple(d if isinstance(d, int) else (d or None) for d in shape)
+
+
+class OnnxRuntime:
+    format = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ort = require("onnxruntime", "onnxruntime", "onnx", "running ONNX models")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputFileError(
+                f"{path}: onnxruntime cannot load this model: {first[:300]}",
+                "check that the file is a complete ONNX model that this onnxruntime supports",
+            ) from None
+        self.inputs = tuple(
+            TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), _dims(i.shape))
+            for i in self.session.get_inputs()
+        )
+        self.outputs = tuple(
+            TensorSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape))
+            for o in self.session.get_outputs()
+        )
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(None, feeds)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise DataError(
+                f"the model rejected the inputs: {first[:300]}",
+                "check the inputs' names, shapes and dtypes against `edgeops inspect`",
+            ) from None
+        return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, values)}
