@@ -1,0 +1,65 @@
+"""Shared terminal output: a rich console on stderr for humans, JSON on stdout for machines."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def emit_json(obj) -> None:
+    """Write ``obj`` as JSON to stdout (the only thing written there with --json)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(value):
+    import numpy as np
+    from pathlib import Path
+
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    return t
+
+
+@contextmanager
+def status(message: str, quiet: bool = False):
+    """A spinner for work that has no countable steps (conversion, calibration)."""
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def fmt_num(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def fmt_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
