@@ -33,6 +33,7 @@ def _add_commands() -> None:
     from . import convert, devices, quantize
 
     cli.add_command(convert.command)
+    cli.add_command(convert.inspect_command)
     cli.add_command(quantize.command)
     cli.add_command(devices.group)
 
