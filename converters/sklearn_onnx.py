@@ -112,13 +112,15 @@ def input_specs(est) -> tuple[TensorSpec, ...]:
 
 class SklearnModel:
     def __init__(self, est, path: Path):
-        from sklearn.base import is_classifier
+        from sklearn.base import is_classifier, is_outlier_detector
 
         self.estimator = est
         self.path = path
         self.inputs = input_specs(est)
         self.is_classifier = is_classifier(est)
-        self.label_outputs = frozenset({"label"}) if self.is_classifier else frozenset()
+        self.is_outlier_detector = is_outlier_detector(est)
+        labelled = self.is_classifier or self.is_outlier_detector
+        self.label_outputs = frozenset({"label"}) if labelled else frozenset()
 
     def _frame(self, feeds: dict[str, np.ndarray]):
         if len(self.inputs) == 1 and self.inputs[0].name == "input":
@@ -135,6 +137,9 @@ class SklearnModel:
             if hasattr(est, "predict_proba"):
                 out["probabilities"] = np.asarray(est.predict_proba(X), dtype=np.float32)
             return out
+        if self.is_outlier_detector:  # skl2onnx: label (1 inlier, -1 outlier) and scores
+            scores = np.asarray(est.decision_function(X), dtype=np.float32)
+            return {"label": np.asarray(est.predict(X)), "scores": scores.reshape(len(scores), -1)}
         if hasattr(est, "predict"):
             pred = np.asarray(est.predict(X))
             return {"variable": pred.reshape(len(pred), -1) if pred.ndim > 1 else pred.reshape(-1, 1)}

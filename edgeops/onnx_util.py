@@ -35,6 +35,7 @@ def fit_to_runtime(model, *, opset: int | None = None, max_opset: int | None = N
     onnx = require("onnx", "onnx", "onnx", "re-targeting ONNX models")
     from onnx import version_converter
 
+    _dedupe_opset_imports(model)
     current = opsets(model).get("", None)
     target = opset or (min(current, max_opset) if current and max_opset else None)
     if current is not None and target is not None and target != current:
@@ -66,6 +67,19 @@ def fit_to_runtime(model, *, opset: int | None = None, max_opset: int | None = N
             ) from None
         model = lowered
     return model
+
+
+def _dedupe_opset_imports(model) -> None:
+    """Some exporters list a domain twice; keep one entry per domain (the highest version)."""
+    best: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        best[domain] = max(best.get(domain, 0), o.version)
+    if len(best) != len(model.opset_import):
+        del model.opset_import[:]
+        for domain, version in best.items():
+            entry = model.opset_import.add()
+            entry.domain, entry.version = domain, version
 
 
 def save_onnx(model, path: str | Path) -> None:

@@ -72,8 +72,11 @@ def match_outputs(reference: dict[str, np.ndarray], converted: dict[str, np.ndar
     if set(reference) <= set(converted):
         return [(name, reference[name], converted[name]) for name in converted if name in reference]
     if len(reference) != len(converted):
-        raise ValueError(
-            f"the original has {len(reference)} outputs and the converted model {len(converted)}"
+        from .errors import EdgeOpsError
+
+        raise EdgeOpsError(
+            f"the original has {len(reference)} outputs and the converted model {len(converted)}",
+            "report this as a converter bug, with the model",
         )
     return [(cname, r, c) for (cname, c), r in zip(converted.items(), reference.values())]
 
