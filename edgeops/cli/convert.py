@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .output import console, emit_json, fmt_num, fmt_size, status, table
+from .output import console, emit_json, fmt_num, fmt_size, status, table, verdict
 
 CONVERT_HELP = """Convert a trained model to ONNX or TFLite, then check it against the original.
 
@@ -80,7 +80,7 @@ def command(source, target, output, sample_input, input_shape, opset, device, as
 def parity_table(report):
     rows = [[o.name, "x".join(map(str, o.shape)), fmt_num(o.max_abs), fmt_num(o.max_rel),
              "-" if o.label_agreement is None else f"{o.label_agreement:.2%}",
-             "[green]pass[/]" if o.passed else "[red]FAIL[/]"] for o in report.outputs]
+             verdict(o.passed)] for o in report.outputs]
     tol = report.tolerance
     title = (f"Parity on {report.samples} samples (atol {tol.atol:g}, rtol {tol.rtol:g}, "
              f"label agreement >= {tol.min_label_agreement:.0%})")

@@ -6,7 +6,9 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 
@@ -35,8 +37,19 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*[_cell(v) for v in r])
     return t
+
+
+def _cell(value):
+    """Cells are plain text (a shape like [?, 3] is not markup); pass a rich Text to style one."""
+    if isinstance(value, Text):
+        return value
+    return escape("" if value is None else str(value))
+
+
+def verdict(passed: bool) -> Text:
+    return Text("pass", style="green") if passed else Text("FAIL", style="bold red")
 
 
 @contextmanager
