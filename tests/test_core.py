@@ -105,7 +105,11 @@ def test_generate_and_input_shapes():
 
 
 def test_wheel_ships_converters_and_devices(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    import shutil
+
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ into the source tree
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "example", "*.egg-info"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                            "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = next(tmp_path.glob("edgeops-*.whl"))

@@ -51,8 +51,11 @@ def list_command(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the profile as JSON on stdout (the same keys as the YAML file).")
 def show_command(profile: str, as_json: bool) -> None:
-    """Show one device profile: a shipped NAME (see `edgeops devices list`) or the PATH of
-    your own .yaml file, which is validated the same way (exit code 2 if it is invalid)."""
+    """Show one device profile, shipped or your own.
+
+    NAME is a shipped profile (see `edgeops devices list`); PATH is your own .yaml file,
+    validated the same way: an invalid one exits with code 2 and names the key at fault.
+    """
     p = load_profile(profile)
     if as_json:
         output.emit_json(p.to_dict())

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-console = Console(stderr=True, highlight=False)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; 120 keeps rows on one line.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def emit_json(obj) -> None:
