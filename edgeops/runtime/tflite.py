@@ -51,14 +51,20 @@ class TFLiteRuntime:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
+            values = {d["name"]: np.asarray(feeds[d["name"]]) for d in self._in}
+            resized = False
             for d in self._in:
-                value = np.asarray(feeds[d["name"]])
-                if tuple(value.shape) != self._shapes[d["name"]]:
-                    # TFLite has static shapes; resize when the batch (or another dim) differs.
-                    self.interpreter.resize_tensor_input(d["index"], list(value.shape))
-                    self.interpreter.allocate_tensors()
-                    self._shapes[d["name"]] = tuple(value.shape)
-                self.interpreter.set_tensor(d["index"], value.astype(d["dtype"], copy=False))
+                shape = tuple(values[d["name"]].shape)
+                if shape != self._shapes[d["name"]]:
+                    # TFLite has static shapes: resize every changed input, then allocate once
+                    # (allocating between two resizes leaves the graph inconsistent).
+                    self.interpreter.resize_tensor_input(d["index"], list(shape))
+                    self._shapes[d["name"]] = shape
+                    resized = True
+            if resized:
+                self.interpreter.allocate_tensors()
+            for d in self._in:
+                self.interpreter.set_tensor(d["index"], values[d["name"]].astype(d["dtype"], copy=False))
             self.interpreter.invoke()
         except KeyError as exc:
             raise DataError(f"missing input {exc}", "feed every input of the model by name") from None

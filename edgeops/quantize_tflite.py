@@ -1,0 +1,423 @@
+"""Keras / TensorFlow SavedModel -> TFLite at a chosen precision (fp32, dynamic, int8, fp16).
+
+Both the Keras converter (converters/keras_tflite.py) and quantization use this module:
+``load_keras_source`` opens the original, ``export_tflite`` writes the .tflite.
+
+The written model is normalized so that it looks like its source from outside: its
+inputs and outputs carry the source model's names ("image", "scores" instead of
+"serving_default_image:0", "StatefulPartitionedCall_1:0") and come in the source's
+order. The TFLite converter orders outputs unpredictably, so without this a runtime's
+output list could not be paired with the original's by position.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .artifact import TensorSpec
+from .errors import DataError, InputFileError, UnsupportedModelError, UsageError, require
+
+PRECISIONS = ("fp32", "dynamic", "int8", "fp16")
+MAX_CALIBRATION_SAMPLES = 200  # TF's own guidance: ~100-500 samples; more only slows calibration down
+SIGNATURE = "serving_default"
+_PURPOSE = "converting Keras / TensorFlow models to TFLite"
+
+
+# --------------------------------------------------------------------------- TensorFlow import
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence output that TensorFlow's C++ code writes straight to file descriptor 2.
+
+    TF 2.21 logs through absl before TF_CPP_MIN_LOG_LEVEL is honoured (oneDNN notices at
+    import, calibration settings during int8 conversion); Python cannot intercept those,
+    so the descriptor itself is pointed at /dev/null for the duration. Python exceptions
+    still carry their messages.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow():
+    """Import TensorFlow quietly, or raise MissingDependencyError naming the extra."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with quiet_native_stderr():
+        tf = require("tensorflow", "tensorflow-cpu", "keras", _PURPOSE)
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return tf
+
+
+def import_keras():
+    import_tensorflow()  # keras 3 imports its TensorFlow backend: keep that import quiet too
+    return require("keras", "tensorflow-cpu", "keras", _PURPOSE)
+
+
+# --------------------------------------------------------------------------- loading the source
+
+
+@dataclass
+class KerasSource:
+    """A loaded Keras model or SavedModel signature; call it with feeds keyed by input name."""
+
+    path: Path
+    kind: str  # "keras" (a .keras/.h5 file) or "saved_model" (a directory)
+    inputs: tuple[TensorSpec, ...]
+    output_names: tuple[str, ...]
+    _run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    _model: Any  # keras.Model, or the SavedModel's serving function
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(feeds)
+
+    @contextlib.contextmanager
+    def saved_model_dir(self):
+        """A SavedModel directory for the TFLite converter (a temporary one for Keras files).
+
+        TFLiteConverter.from_keras_model under Keras 3 itself exports the model to a temporary
+        SavedModel (and prints its endpoints to stdout); exporting here takes the same path
+        quietly and gives a serving signature whose names we know.
+        """
+        if self.kind == "saved_model":
+            yield self.path
+            return
+        with tempfile.TemporaryDirectory(prefix="edgeops-keras-") as tmp:
+            target = Path(tmp) / "saved_model"
+            try:
+                with quiet_native_stderr():
+                    self._model.export(str(target), verbose=False)
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                raise UnsupportedModelError(
+                    f"{self.path}: Keras cannot export this model for TFLite: {_first_line(exc)}",
+                    "check that every layer is serializable and traceable by tf.function") from None
+            yield target
+
+
+def load_keras_source(source: str | Path) -> tuple[KerasSource, tuple[TensorSpec, ...], tuple[str, ...]]:
+    """Open a .keras/.h5 file or a SavedModel directory: (callable model, input specs, output names)."""
+    path = Path(source)
+    if path.is_dir():
+        loaded = _load_saved_model(path)
+    elif path.is_file():
+        loaded = _load_keras_file(path)
+    else:
+        raise InputFileError(f"{path}: no such file or directory", "check the path")
+    return loaded, loaded.inputs, loaded.output_names
+
+
+def _load_keras_file(path: Path) -> KerasSource:
+    _check_container(path)
+    keras = import_keras()
+    try:
+        with quiet_native_stderr():
+            model = keras.saving.load_model(str(path), compile=False)
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise InputFileError(f"{path}: cannot read the Keras model: {_first_line(exc)}",
+                             "the file may be truncated or corrupt; save it again") from None
+    except (ValueError, TypeError) as exc:
+        text, full = _first_line(exc), str(exc).lower()
+        if any(k in full for k in ("custom", "could not locate", "safe_mode", "deserializ")):
+            raise UnsupportedModelError(
+                f"{path}: the model uses code Keras cannot load by itself: {text}",
+                "export it as a SavedModel directory (model.export(DIR)) and convert that") from None
+        raise InputFileError(f"{path}: cannot read the Keras model: {text}",
+                             "the file may be truncated or corrupt; save it again") from None
+    if not isinstance(model, keras.Model):
+        raise UnsupportedModelError(f"{path}: holds a {type(model).__name__}, not a Keras model",
+                                    "save a keras.Model")
+
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):  # dict inputs: the keys are the names callers use
+        names = list(struct)
+        tensors = [struct[k] for k in names]
+    else:
+        tensors = list(model.inputs)
+        names = [t.name for t in tensors]
+    inputs = tuple(TensorSpec(n, _dtype_name(t.dtype), tuple(t.shape)) for n, t in zip(names, tensors))
+    output_names = _keras_output_names(model)
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [np.asarray(feeds[s.name], dtype=s.dtype) for s in inputs]
+        if isinstance(struct, dict):
+            x = dict(zip(names, args))
+        else:
+            x = args[0] if len(args) == 1 else args
+        result = model(x, training=False)
+        if isinstance(result, dict):
+            values = [result[n] for n in output_names]
+        elif isinstance(result, (list, tuple)):
+            values = list(result)
+        else:
+            values = [result]
+        return {n: np.asarray(v) for n, v in zip(output_names, values)}
+
+    return KerasSource(path, "keras", inputs, output_names, run, model)
+
+
+def _keras_output_names(model) -> tuple[str, ...]:
+    names = getattr(model, "output_names", None)  # Functional models; Sequential has none
+    if not names:
+        names = [o._keras_history.operation.name for o in model.outputs]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # two outputs from one layer would share its name
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name] - 1}")
+    return tuple(unique)
+
+
+def _load_saved_model(path: Path) -> KerasSource:
+    if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
+        raise InputFileError(f"{path}: a directory, but not a TensorFlow SavedModel (no saved_model.pb)",
+                             "pass a SavedModel directory, or a .keras/.h5 file")
+    tf = import_tensorflow()
+    try:
+        with quiet_native_stderr():
+            loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError, tf.errors.OpError) as exc:
+        raise InputFileError(f"{path}: cannot read the SavedModel: {_first_line(exc)}",
+                             "the directory may be incomplete; export it again") from None
+    signatures = dict(loaded.signatures)
+    if SIGNATURE not in signatures:
+        raise UnsupportedModelError(
+            f"{path}: the SavedModel has no '{SIGNATURE}' signature "
+            f"(it has: {', '.join(signatures) or 'none'})",
+            "export it with a serving_default signature (Keras: model.export(DIR))")
+    fn = signatures[SIGNATURE]
+    specs = fn.structured_input_signature[1]
+    inputs = tuple(TensorSpec(name, _dtype_name(spec.dtype), tuple(spec.shape.as_list()))
+                   for name, spec in sorted(specs.items()))
+    output_names = tuple(sorted(fn.structured_outputs, key=_natural_key))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = {s.name: tf.constant(np.asarray(feeds[s.name], dtype=s.dtype)) for s in inputs}
+        result = fn(**args)
+        return {n: result[n].numpy() for n in output_names}
+
+    return KerasSource(path, "saved_model", inputs, output_names, run, fn)
+
+
+def _check_container(path: Path) -> None:
+    """Reject truncated or foreign files before Keras prints a long traceback about them."""
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path}: the file is empty", "save the model again")
+    if suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise InputFileError(f"{path}: not a valid .keras file (not a complete zip archive)",
+                                 "the file may be truncated; save it again with model.save()")
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+                names = set(zf.namelist())
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputFileError(f"{path}: not a valid .keras file: {_first_line(exc)}",
+                                 "the file may be truncated; save it again with model.save()") from None
+        if bad is not None or "config.json" not in names:
+            raise InputFileError(f"{path}: the .keras archive is damaged or incomplete",
+                                 "save the model again with model.save()")
+    elif suffix in (".h5", ".hdf5"):
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head != b"\x89HDF\r\n\x1a\n":
+            raise InputFileError(f"{path}: not an HDF5 file", "save the model again with model.save('*.h5')")
+
+
+# --------------------------------------------------------------------------- exporting
+
+
+def export_tflite(source: str | Path, out: str | Path, precision: str,
+                  representative: dict[str, np.ndarray] | None = None) -> dict:
+    """Convert a .keras/.h5 file or SavedModel directory to a TFLite file at ``precision``."""
+    check_precision(precision, representative)
+    loaded, _, _ = load_keras_source(source)
+    return export_loaded(loaded, out, precision, representative)
+
+
+def check_precision(precision: str, representative) -> None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown TFLite precision '{precision}'", f"use one of: {', '.join(PRECISIONS)}")
+    if precision == "int8" and representative is None:
+        raise DataError("full-integer int8 needs calibration data", "pass --calibration FILE")
+
+
+def export_loaded(loaded: KerasSource, out: str | Path, precision: str,
+                  representative: dict[str, np.ndarray] | None = None) -> dict:
+    """Like export_tflite, for a source already opened with load_keras_source."""
+    from .convert import atomic_output
+
+    check_precision(precision, representative)
+    tf = import_tensorflow()
+    calibration = _calibration_feeds(loaded, representative) if precision == "int8" else None
+    with loaded.saved_model_dir() as saved_model:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE])
+        _configure(tf, converter, precision, calibration)
+        flatbuffer = _run_converter(converter, loaded)
+    flatbuffer = normalize_io(flatbuffer, loaded)
+    with atomic_output(Path(out)) as tmp:
+        tmp.write_bytes(flatbuffer)
+    metadata = {"precision": precision, "tensorflow_version": tf.__version__,
+                "converter": "tf.lite.TFLiteConverter"}
+    if calibration is not None:
+        metadata["calibration_samples"] = len(calibration)
+    return metadata
+
+
+def _configure(tf, converter, precision: str, calibration: list[dict[str, np.ndarray]] | None) -> None:
+    if precision == "fp32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.representative_dataset = lambda: iter(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # Inputs and outputs stay float32: the int8 model is then a drop-in replacement for the
+        # fp32 one (same feeds, same outputs); the (de)quantize steps at the edges cost little.
+        # Integer-only accelerators (Edge TPU, some NPUs) would want int8 I/O instead.
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+
+
+def _run_converter(converter, loaded: KerasSource) -> bytes:
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    try:
+        with quiet_native_stderr(), warnings.catch_warnings():
+            # int8 calibration runs the deprecated tf.lite.Interpreter internally; not our concern
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            return converter.convert()
+    except ConverterError as exc:
+        raise UnsupportedModelError(
+            f"{loaded.path}: the TFLite converter failed: {_converter_message(exc)}",
+            "the model likely uses an operator TFLite builtins lack; replace that layer") from None
+    except (ValueError, RuntimeError) as exc:
+        raise UnsupportedModelError(f"{loaded.path}: the TFLite converter failed: {_first_line(exc)}",
+                                    "check that the model runs with batch size 1") from None
+
+
+def _calibration_feeds(loaded: KerasSource, representative: dict[str, np.ndarray]) -> list[dict]:
+    """One dict per sample, batch 1, keyed by signature input name (what the converter asks for)."""
+    from .data import Samples, bind
+
+    if not representative:
+        raise DataError("full-integer int8 needs calibration data", "pass --calibration FILE")
+    feeds = bind(Samples(dict(representative)), loaded.inputs, "calibration data")
+    counts = {name: len(arr) for name, arr in feeds.items()}
+    if len(set(counts.values())) != 1:
+        raise DataError(f"calibration data: inputs have different sample counts ({counts})",
+                        "give every input the same number of rows")
+    n = next(iter(counts.values()))
+    if n == 0:
+        raise DataError("calibration data holds no samples", "pass at least a few dozen representative rows")
+    # Spread the picks over the whole file: data is often sorted (by class, by time).
+    picks = np.unique(np.linspace(0, n - 1, min(n, MAX_CALIBRATION_SAMPLES)).round().astype(int))
+    return [{name: arr[i:i + 1] for name, arr in feeds.items()} for i in picks]
+
+
+# --------------------------------------------------------------------------- normalizing I/O
+
+
+def normalize_io(flatbuffer: bytes, loaded: KerasSource) -> bytes:
+    """Name and order the model's inputs/outputs like the source model's (see module docstring)."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(flatbuffer), 0))
+    sig = next((s for s in model.signatureDefs or [] if _text(s.signatureKey) == SIGNATURE), None)
+    if sig is None:
+        raise UnsupportedModelError(f"{loaded.path}: the converted model has no '{SIGNATURE}' signature",
+                                    "report this model as a converter bug")
+    in_index = {_text(t.name): t.tensorIndex for t in sig.inputs}
+    out_index = {_output_name(_text(t.name), loaded.output_names): t.tensorIndex for t in sig.outputs}
+    want_in = [s.name for s in loaded.inputs]
+    if sorted(in_index) != sorted(want_in) or sorted(out_index) != sorted(loaded.output_names):
+        raise UnsupportedModelError(
+            f"{loaded.path}: cannot match the TFLite signature ({', '.join(in_index)} -> "
+            f"{', '.join(out_index)}) to the model's ({', '.join(want_in)} -> {', '.join(loaded.output_names)})",
+            "report this model as a converter bug")
+    subgraph = model.subgraphs[sig.subgraphIndex]
+    order_in = [in_index[n] for n in want_in]
+    order_out = [out_index[n] for n in loaded.output_names]
+    if sorted(order_in) != sorted(_ints(subgraph.inputs)) or sorted(order_out) != sorted(_ints(subgraph.outputs)):
+        raise UnsupportedModelError(f"{loaded.path}: the converted model's inputs/outputs are not its signature's",
+                                    "report this model as a converter bug")
+    subgraph.inputs = np.array(order_in, dtype=np.int32)
+    subgraph.outputs = np.array(order_out, dtype=np.int32)
+    if len(set(order_in + order_out)) == len(order_in) + len(order_out):  # one tensor, one name
+        for name, index in zip(want_in + list(loaded.output_names), order_in + order_out):
+            subgraph.tensors[index].name = name.encode()
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _output_name(key: str, output_names: tuple[str, ...]) -> str:
+    """Signature output key -> the source's output name (Keras exports them as output_0, output_1, ...)."""
+    if key in output_names:
+        return key
+    match = re.fullmatch(r"output_(\d+)", key)
+    if match and int(match.group(1)) < len(output_names):
+        return output_names[int(match.group(1))]
+    return key
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in (values if values is not None else [])]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _dtype_name(dtype) -> str:
+    name = getattr(dtype, "name", None) or str(dtype)
+    if name == "string":
+        return "str"
+    try:
+        return np.dtype(name).name
+    except TypeError:  # bfloat16 and other types numpy does not know: keep TF's name
+        return name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _converter_message(exc: BaseException) -> str:
+    """The converter's error text is a wall of MLIR; keep the line that names the problem."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
