@@ -171,10 +171,11 @@ def convert(source: str | Path, to: str, out: str | Path, *, sample_input: str |
         feeds = data_mod.bind(data_mod.load_samples(sample_input), model.inputs, "--sample-input")
     else:
         feeds = data_mod.generate(model.inputs, options.input_shapes)
-    reference = model.predict(feeds)
 
     with atomic_output(out) as tmp:
         metadata = converter.export(model, tmp, options)
+        # The reference runs after export, so a converter may learn output names/layouts while exporting.
+        reference = model.predict(feeds)
         runtime = open_runtime(tmp)
         converted = runtime.run(feeds_for_converted(model, feeds, runtime.inputs))
         report = compare(reference, converted, converter.tolerance, model.label_outputs)

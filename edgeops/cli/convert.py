@@ -34,7 +34,8 @@ Examples:
 
 @click.command("convert", help=CONVERT_HELP)
 @click.argument("source", type=click.Path(path_type=str))
-@click.option("--to", "target", type=click.Choice(["onnx", "tflite"]), required=True, help="Target format.")
+@click.option("--to", "target", type=click.Choice(["onnx", "tflite"]),
+              help="Target format (default: from the output's suffix, .onnx or .tflite).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Where to write the converted model (written only if the parity check passes).")
 @click.option("--sample-input", type=click.Path(path_type=str),
@@ -50,6 +51,10 @@ def command(source, target, output, sample_input, input_shape, opset, device, as
     from ..data import parse_input_shapes
     from ..errors import ParityError, UsageError
 
+    if target is None:
+        target = {".onnx": "onnx", ".tflite": "tflite"}.get(output.lower()[output.rfind("."):])
+        if target is None:
+            raise UsageError(f"cannot tell the target format from '{output}'", "pass --to onnx or --to tflite")
     if opset is not None and not 1 <= opset <= 30:
         raise UsageError(f"--opset {opset} is not an ONNX opset", "use a value such as 13, 17 or 18")
     profile = None

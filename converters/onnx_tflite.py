@@ -1,0 +1,441 @@
+"""ONNX -> TFLite through onnx2tf, for graphs of standard ONNX operators (CNNs, MLPs).
+
+onnx2tf rewrites the graph channel-last: every 3-5-D input becomes NWC/NHWC/NDHWC, and a
+3-5-D output may come out channel-last too. The reference (the ONNX model in onnxruntime) is
+brought to the converted model's names and layout for the parity check: converted_feeds()
+transposes the sample inputs, and predict() returns the outputs keyed and laid out as the
+TFLite model gives them (docs/onnx-to-tflite.md).
+
+onnx2tf pins old TensorFlow/onnx/numpy releases, so it is installed with --no-deps next to
+tensorflow-cpu (INSTALL_COMMAND); no pip extra can say that, hence the hint is overridden.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+
+from edgeops.artifact import TensorSpec
+from edgeops.convert import CONVERTERS, ConvertOptions
+from edgeops.errors import (DataError, EdgeOpsError, InputFileError, MissingDependencyError,
+                            UnsupportedModelError, UsageError)
+from edgeops.validate import Tolerance
+
+INSTALL_COMMAND = ("pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 onnx-graphsurgeon==0.6.1 "
+                   "sng4onnx==2.0.1 psutil==7.2.2")
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+# Measured with random inputs, batch 8, onnx2tf 1.29.24 / TF 2.21 / LiteRT 2.3 against onnxruntime
+# 1.32, float32: conv-relu-maxpool-linear CNNs max abs 4e-7, MLPs 6e-8 (docs/onnx-to-tflite.md).
+# atol 1e-4 leaves >100x headroom for deeper nets; rtol 1e-3 covers large logits.
+TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
+
+# For static-batch 3-channel 4-D inputs onnx2tf runs a trial inference on "sample images" that it
+# reads from this file in the working directory, or else downloads (no network on devices/CI).
+# A random stand-in in a private working directory keeps it offline; the values only steer its
+# internal layout checks.
+_SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _onnx2tf():
+    try:
+        with _captured_output():  # importing TensorFlow prints C++ log lines
+            import onnx2tf
+    except (ImportError, AttributeError) as exc:  # AttributeError: onnx-graphsurgeon too old for onnx
+        package = (getattr(exc, "name", None) or "onnx2tf").split(".")[0].replace("_", "-")
+        err = MissingDependencyError(package, "onnx2tf", "converting ONNX to TFLite")
+        if isinstance(exc, AttributeError):
+            err.message = f"onnx2tf's dependencies do not fit the installed onnx: {_first_line(exc)}"
+            err.args = (err.message,)
+        # There is no extra: onnx2tf must be installed without its pinned (old) dependencies.
+        err.hint = f"install it with: {INSTALL_COMMAND} (see docs/onnx-to-tflite.md)"
+        raise err from None
+    return onnx2tf
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+@contextmanager
+def _captured_output():
+    """Collect everything written to stdout/stderr, by Python and by C++ (TensorFlow logs)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    text = StringIO()
+    holder = {"text": ""}
+    with tempfile.TemporaryFile() as native:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(native.fileno(), 1)
+            os.dup2(native.fileno(), 2)
+            with redirect_stdout(text), redirect_stderr(text):
+                yield holder
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            native.seek(0)
+            holder["text"] = text.getvalue() + native.read().decode("utf-8", "replace")
+
+
+@contextmanager
+def _working_directory(path: Path):
+    """onnx2tf reads and writes relative to the working directory; keep that private."""
+    before = os.getcwd()
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # onnx2tf sets it to -1 for the whole process
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+        if cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+
+
+def _error_line(exc: BaseException, log: str) -> str:
+    """onnx2tf logs the reason ('ERROR: CastLike OP is not yet implemented.') before raising."""
+    errors = [line.split("ERROR:", 1)[1].strip() for line in _ANSI.sub("", log).splitlines()
+              if "ERROR:" in line and line.split("ERROR:", 1)[1].strip()]
+    if errors:
+        return errors[-1][:300]
+    if isinstance(exc, SystemExit):
+        return "onnx2tf stopped without a message"
+    return _first_line(exc)
+
+
+# --- graph checks --------------------------------------------------------------------------
+
+def _nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:  # If/Loop/Scan bodies
+            subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+            for sub in subgraphs:
+                yield from _nodes(sub)
+
+
+def nonstandard_ops(proto) -> list[str]:
+    """'domain.OpType' of every operator outside the standard ONNX domain, sorted."""
+    return sorted({f"{n.domain}.{n.op_type}" for n in _nodes(proto.graph) if n.domain not in STANDARD_DOMAINS})
+
+
+def fixed_input_shapes(inputs: tuple[TensorSpec, ...],
+                       given: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The static shapes to give onnx2tf: those of --input-shape; other inputs stay as they are.
+
+    A dynamic batch is kept: onnx2tf converts it to a resizable TFLite input, whereas a batch
+    fixed to 1 gets baked into reshapes, and the model then fails at any other batch size.
+    """
+    names = {s.name for s in inputs}
+    unknown = [n for n in given if n and n not in names]
+    if unknown:
+        raise DataError(f"--input-shape names {', '.join(unknown)}, not an input of the model",
+                        f"inputs are: {', '.join(sorted(names))}")
+    shapes = {}
+    for spec in inputs:
+        shape = given.get(spec.name) or (given.get("") if len(inputs) == 1 else None)
+        if shape is None:
+            continue
+        if len(shape) != len(spec.shape) or any(
+                isinstance(d, int) and d > 0 and d != g for d, g in zip(spec.shape, shape)):
+            raise DataError(f"--input-shape {','.join(map(str, shape))} does not fit {spec.describe()}",
+                            "give the ONNX (channel-first) shape, batch first")
+        shapes[spec.name] = tuple(shape)
+    return shapes
+
+
+def _set_input_shapes(proto, shapes: dict[str, tuple[int, ...]]) -> None:
+    # onnx2tf's own overwrite_input_shape only works through onnx-simplifier; set the dims here.
+    if not shapes:
+        return
+    for value in proto.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    del proto.graph.value_info[:]  # stale symbolic shapes would contradict the fixed ones
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+def channel_last(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank), 1)
+
+
+def _fits(source_shape, converted_shape, perm) -> bool:
+    """Whether transposing ``source_shape`` by ``perm`` can give ``converted_shape`` (batch aside)."""
+    if len(source_shape) != len(converted_shape):
+        return False
+    return all(not isinstance(c, int) or not isinstance(source_shape[p], int) or c == source_shape[p]
+               for c, p in list(zip(converted_shape, perm))[1:])
+
+
+def input_perm(source_shape, converted_shape) -> tuple[int, ...] | None:
+    """onnx2tf makes every 3-5-D input channel-last (unless told otherwise); None keeps the array."""
+    rank = len(source_shape)
+    if 3 <= rank <= 5 and _fits(source_shape, converted_shape, channel_last(rank)):
+        return channel_last(rank)
+    return None
+
+
+def _transpose(array: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(array, perm)) if perm else array
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One tensor of the ONNX model and its counterpart in the converted model."""
+
+    onnx_name: str
+    tflite_name: str
+    perm: tuple[int, ...] | None  # transposes the ONNX array into the TFLite layout
+
+
+@dataclass(frozen=True)
+class ConvertedLayout:
+    inputs: tuple[Binding, ...]
+    outputs: tuple[Binding, ...]  # in the TFLite model's output order
+
+
+def _normalized(name: str) -> str:
+    name = name.removeprefix("serving_default_").removesuffix(":0").replace("__", ":")
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _match_names(onnx_names: list[str], keys: list[str]) -> dict[str, str]:
+    """key -> ONNX name: exact, then after onnx2tf's sanitizing (':' -> '__'), then normalized."""
+    found = {}
+    for key in keys:
+        for name in onnx_names:
+            if key in (name, name.replace(":", "__")) or _normalized(key) == _normalized(name):
+                found[key] = name
+                break
+    return found if len(set(found.values())) == len(found) else {}
+
+
+class _ReferenceOutputs(Mapping):
+    """The ONNX reference outputs, keyed and laid out as the converted model gives them.
+
+    convert() asks for the reference before export, when the converted names and layouts are
+    not known; it reads the values only after export, so the view resolves them on access.
+    """
+
+    def __init__(self, model: "OnnxSourceModel", values: dict[str, np.ndarray]):
+        self._model = model
+        self._values = values
+        self._resolved: tuple[ConvertedLayout, dict] | None = None
+
+    def _view(self) -> dict[str, np.ndarray]:
+        layout = self._model.layout
+        if layout is None:
+            return self._values
+        if self._resolved is None or self._resolved[0] is not layout:
+            view = {b.tflite_name: _transpose(self._values[b.onnx_name], b.perm) for b in layout.outputs}
+            self._resolved = (layout, view)
+        return self._resolved[1]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._view()[key]
+
+    def __iter__(self):
+        return iter(self._view())
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+
+class OnnxSourceModel:
+    """The ONNX model run by onnxruntime: the reference for the converted TFLite model."""
+
+    def __init__(self, path: Path, proto):
+        from edgeops.runtime.onnx import OnnxRuntime
+
+        self.path = path
+        self.proto = proto
+        self.runtime = OnnxRuntime(path)
+        self.inputs: tuple[TensorSpec, ...] = self.runtime.inputs
+        self.layout: ConvertedLayout | None = None  # set by export()
+
+    @property
+    def label_outputs(self) -> frozenset[str]:
+        from edgeops.converters.native import label_outputs_of
+
+        labels = label_outputs_of(self.runtime.outputs)
+        if self.layout is None:
+            return labels
+        return frozenset(b.tflite_name for b in self.layout.outputs if b.onnx_name in labels)
+
+    def run_onnx(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runtime.run({s.name: feeds[s.name] for s in self.inputs})
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        return _ReferenceOutputs(self, self.run_onnx(feeds))
+
+    def converted_feeds(self, feeds: dict[str, np.ndarray],
+                        converted_inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+        """The feeds under the TFLite input names, channel-last where the TFLite input is."""
+        bound = {b.tflite_name: b for b in self.layout.inputs} if self.layout else {}
+        names = _match_names([s.name for s in self.inputs], [s.name for s in converted_inputs])
+        if not names and len(converted_inputs) == len(self.inputs) == 1:
+            names = {converted_inputs[0].name: self.inputs[0].name}
+        mapped = {}
+        for spec in converted_inputs:
+            binding = bound.get(spec.name)
+            source = binding.onnx_name if binding else names.get(spec.name)
+            if source not in feeds:
+                raise InputFileError(
+                    f"the converted model's input '{spec.name}' matches none of the original's "
+                    f"({', '.join(feeds)})", "report this model as a converter bug")
+            array = np.asarray(feeds[source])
+            perm = binding.perm if binding else input_perm(array.shape, spec.shape)
+            mapped[spec.name] = _transpose(array, perm)
+        return mapped
+
+
+class OnnxToTFLite:
+    source, target, extra = "onnx", "tflite", "onnx2tf"
+    tolerance = TOLERANCE
+
+    def load(self, path: Path, options: ConvertOptions) -> OnnxSourceModel:
+        from edgeops.onnx_util import load_onnx
+
+        if options.opset:
+            raise UsageError("--opset applies to ONNX output only", "drop --opset when converting to TFLite")
+        proto = load_onnx(path)  # truncated/corrupt -> InputFileError
+        foreign = nonstandard_ops(proto)
+        if foreign:
+            listed = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+            raise UnsupportedModelError(
+                f"{path}: operators outside the standard ONNX domain cannot go to TFLite: {listed}",
+                "onnx2tf converts standard ONNX operators only; scikit-learn models (ai.onnx.ml) "
+                "should target ONNX instead: edgeops convert MODEL --to onnx")
+        return OnnxSourceModel(path, proto)
+
+    def export(self, model: OnnxSourceModel, out: Path, options: ConvertOptions) -> dict:
+        import onnx
+
+        onnx2tf = _onnx2tf()
+        shapes = fixed_input_shapes(model.inputs, options.input_shapes)
+        with tempfile.TemporaryDirectory(prefix="edgeops-onnx2tf-") as tmp:
+            work = Path(tmp)
+            proto = onnx.ModelProto()
+            proto.CopyFrom(model.proto)  # onnx2tf may rewrite its input file: never hand it the user's
+            _set_input_shapes(proto, shapes)
+            try:
+                onnx.save_model(proto, str(work / "model.onnx"))
+            except ValueError as exc:  # e.g. over protobuf's 2 GB limit
+                raise UnsupportedModelError(f"cannot prepare the model for onnx2tf: {_first_line(exc)}",
+                                            "models over 2 GB are not supported") from None
+            np.save(work / _SAMPLE_IMAGES, np.random.default_rng(0).random((20, 32, 32, 3), dtype=np.float32))
+            failure = None
+            with _captured_output() as log, _working_directory(work):
+                try:
+                    onnx2tf.convert(input_onnx_file_path=str(work / "model.onnx"),
+                                    output_folder_path=str(work / "tf"), not_use_onnxsim=True,
+                                    non_verbose=True, verbosity="error")
+                except (Exception, SystemExit) as exc:  # onnx2tf raises anything, or calls sys.exit(1)
+                    failure = exc
+            produced = sorted((work / "tf").glob("*_float32.tflite"))
+            if failure is not None or not produced:
+                reason = _error_line(failure, log["text"]) if failure else "it wrote no float32 .tflite"
+                raise UnsupportedModelError(
+                    f"onnx2tf cannot convert {model.path.name}: {reason}",
+                    "onnx2tf converts standard ONNX operators; fixing dynamic dimensions may help: "
+                    "--input-shape NAME=1,3,224,224 (the ONNX, channel-first shape)")
+            model.layout = _bind(model, produced[0], shapes)
+            shutil.copyfile(produced[0], out)
+        import tensorflow as tf
+
+        transposed = [b.tflite_name for b in model.layout.inputs if b.perm]
+        return {"converter": "onnx2tf", "onnx2tf_version": onnx2tf.__version__,
+                "tensorflow_version": tf.__version__, "layout": "NHWC",
+                "channel_last_inputs": transposed,
+                "input_shapes": {name: list(shape) for name, shape in shapes.items()}}
+
+
+def _max_error(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def _bind(model: OnnxSourceModel, tflite_path: Path, shapes: dict) -> ConvertedLayout:
+    """Pair the TFLite model's tensors with the ONNX ones, and find each output's layout."""
+    from edgeops.data import generate
+    from edgeops.runtime.tflite import TFLiteRuntime
+
+    try:
+        runtime = TFLiteRuntime(tflite_path)
+    except InputFileError as exc:  # e.g. Flex (select TensorFlow) ops that LiteRT does not run
+        raise UnsupportedModelError(f"the model onnx2tf wrote does not load in LiteRT: {exc.message}",
+                                    "the graph needs TensorFlow ops that TFLite lacks") from None
+    interpreter = runtime.interpreter
+    sig_in, sig_out = {}, {}
+    if interpreter.get_signature_list():  # signature keys are the ONNX names; tensor names are not
+        runner = interpreter.get_signature_runner()
+        sig_in = {d["name"]: key for key, d in runner.get_input_details().items()}
+        sig_out = {d["name"]: key for key, d in runner.get_output_details().items()}
+    onnx_in = [s.name for s in model.inputs]
+    onnx_out = [s.name for s in model.runtime.outputs]
+    in_names = _match_names(onnx_in, [sig_in.get(s.name, s.name) for s in runtime.inputs])
+    out_names = _match_names(onnx_out, [sig_out.get(s.name, s.name) for s in runtime.outputs])
+
+    inputs = []
+    for position, spec in enumerate(runtime.inputs):
+        name = in_names.get(sig_in.get(spec.name, spec.name))
+        if name is None:
+            if len(runtime.inputs) != len(onnx_in):
+                raise UnsupportedModelError("onnx2tf changed the model's inputs", "report this model")
+            name = onnx_in[position]
+        source = next(s for s in model.inputs if s.name == name)
+        inputs.append(Binding(name, spec.name, input_perm(shapes.get(name, source.shape), spec.shape)))
+    named_out = [out_names.get(sig_out.get(s.name, s.name)) for s in runtime.outputs]
+    if None in named_out:
+        if len(runtime.outputs) != len(onnx_out):
+            raise UnsupportedModelError("onnx2tf changed the model's outputs", "report this model")
+        named_out = onnx_out
+
+    # Which outputs came out channel-last cannot be told from shapes alone (C == H == W):
+    # run both models once and keep, per output, the layout that fits and agrees best.
+    layout = ConvertedLayout(tuple(inputs), ())
+    try:
+        feeds = generate(model.inputs, shapes, batch=1, seed=1)
+        reference = model.run_onnx(feeds)
+        bound = {b.tflite_name: _transpose(feeds[b.onnx_name], b.perm) for b in layout.inputs}
+        got = runtime.run(bound)
+    except EdgeOpsError:
+        reference = got = None  # no probe (e.g. dynamic dims): decide by shape below
+    outputs = []
+    for spec, name in zip(runtime.outputs, named_out):
+        source = next(s for s in model.runtime.outputs if s.name == name)
+        rank = len(source.shape)
+        candidates = [None] + ([channel_last(rank)] if 3 <= rank <= 5 else [])
+        if reference is not None:
+            ref, conv = reference[name], got[spec.name]
+            fitting = [p for p in candidates if _transpose(ref, p).shape == conv.shape]
+            perm = min(fitting, key=lambda p: _max_error(_transpose(ref, p), conv), default=None)
+        else:
+            fitting = [p for p in candidates if _fits(source.shape, spec.shape, p or tuple(range(rank)))]
+            perm = fitting[-1] if fitting else None  # channel-last when both fit: onnx2tf's habit
+        outputs.append(Binding(name, spec.name, perm))
+    return ConvertedLayout(tuple(inputs), tuple(outputs))
+
+
+CONVERTERS.register(("onnx", "tflite"), OnnxToTFLite())
