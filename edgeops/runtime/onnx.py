@@ -56,6 +56,7 @@ class OnnxRuntime:
             TensorSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape))
             for o in self.session.get_outputs()
         )
+        self._names = [o.name for o in self.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -66,4 +67,4 @@ class OnnxRuntime:
                 f"the model rejected the inputs: {first[:300]}",
                 "check the inputs' names, shapes and dtypes against `edgeops inspect`",
             ) from None
-        return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, values)}
+        return dict(zip(self._names, values))

@@ -47,25 +47,28 @@ class TFLiteRuntime:
         self._out = self.interpreter.get_output_details()
         self.inputs = tuple(_spec(d) for d in self._in)
         self.outputs = tuple(_spec(d) for d in self._out)
-        self._shapes = {d["name"]: tuple(d["shape"]) for d in self._in}
+        # Plain tuples for the hot path: (name, index, dtype) per input, (name, index) per output.
+        self._feed = [(d["name"], int(d["index"]), np.dtype(d["dtype"])) for d in self._in]
+        self._fetch = [(d["name"], int(d["index"])) for d in self._out]
+        self._shapes = {d["name"]: tuple(int(x) for x in d["shape"]) for d in self._in}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        interp = self.interpreter
         try:
-            values = {d["name"]: np.asarray(feeds[d["name"]]) for d in self._in}
+            values = [(name, index, dtype, np.asarray(feeds[name])) for name, index, dtype in self._feed]
             resized = False
-            for d in self._in:
-                shape = tuple(values[d["name"]].shape)
-                if shape != self._shapes[d["name"]]:
+            for name, index, _, value in values:
+                if value.shape != self._shapes[name]:
                     # TFLite has static shapes: resize every changed input, then allocate once
                     # (allocating between two resizes leaves the graph inconsistent).
-                    self.interpreter.resize_tensor_input(d["index"], list(shape))
-                    self._shapes[d["name"]] = shape
+                    interp.resize_tensor_input(index, list(value.shape))
+                    self._shapes[name] = value.shape
                     resized = True
             if resized:
-                self.interpreter.allocate_tensors()
-            for d in self._in:
-                self.interpreter.set_tensor(d["index"], values[d["name"]].astype(d["dtype"], copy=False))
-            self.interpreter.invoke()
+                interp.allocate_tensors()
+            for _, index, dtype, value in values:
+                interp.set_tensor(index, value if value.dtype == dtype else value.astype(dtype))
+            interp.invoke()
         except KeyError as exc:
             raise DataError(f"missing input {exc}", "feed every input of the model by name") from None
         except (ValueError, RuntimeError) as exc:
@@ -73,7 +76,8 @@ class TFLiteRuntime:
                 f"the model rejected the inputs: {str(exc).splitlines()[0][:300]}",
                 "check the inputs' shapes and dtypes against `edgeops inspect`",
             ) from None
-        return {d["name"]: np.array(self.interpreter.get_tensor(d["index"])) for d in self._out}
+        # get_tensor already returns a copy.
+        return {name: interp.get_tensor(index) for name, index in self._fetch}
 
     def quantization(self, name: str) -> tuple[float, int] | None:
         """(scale, zero_point) of a quantized input/output, or None for float tensors."""
