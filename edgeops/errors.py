@@ -81,6 +81,16 @@ class AccuracyGateError(EdgeOpsError):
         self.report = report
 
 
+class BudgetError(EdgeOpsError):
+    """A benchmark result is over one of the device's budgets (latency, RAM, model size)."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, failures: list[str], hint: str | None = None):
+        super().__init__(message, hint)
+        self.failures = failures
+
+
 class ProfileError(UsageError):
     """A device profile is unknown or invalid."""
 

@@ -18,6 +18,7 @@ Exit codes:
   5  unsupported model, estimator or operator
   6  parity check failed: the converted model disagrees with the original
   7  accuracy gate failed: quantization lost too much accuracy
+  8  over budget: a benchmarked model exceeds the device's latency, RAM or size budget
 """
 
 
@@ -30,12 +31,13 @@ def cli() -> None:
 
 
 def _add_commands() -> None:
-    from . import convert, devices, quantize
+    from . import benchmark, convert, devices, quantize
 
     cli.add_command(convert.command)
     cli.add_command(convert.inspect_command)
     cli.add_command(quantize.command)
     cli.add_command(devices.group)
+    cli.add_command(benchmark.command)
 
 
 def main(argv: list[str] | None = None) -> None:
