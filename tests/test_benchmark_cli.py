@@ -1,0 +1,123 @@
+"""`edgeops benchmark`: JSON schema, verdicts and exit codes, on tiny real models."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeops.bench.verdict import judge
+from edgeops.profiles import load_profile
+
+from helpers import assert_clean_error, run_cli
+
+FAST = ["--runs", "20", "--duration", "0.05", "--warmup", "2"]
+
+
+def _mlp(path, batch="N", width=16):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, width)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, width])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def _two_inputs_int64(path):
+    """A float input with a dynamic sequence length and an int64 scalar."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["x", "kf"], ["y"])], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    return {"mlp": _mlp(d / "mlp.onnx"), "two": _two_inputs_int64(d / "two.onnx"), "dir": d}
+
+
+def _schema():
+    return json.loads(resources.files("edgeops.bench").joinpath("schema.json").read_text())
+
+
+def test_json_report_follows_schema(models, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli("benchmark", models["mlp"], "--device", "rpi4", *FAST, "--batch-sizes", "1,4",
+                   "--json", out, "--markdown", tmp_path / "r.md", "--plot", tmp_path / "r.png")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    jsonschema.validate(report, _schema())
+    r = report["results"][0]
+    assert r["format"] == "onnx" and r["precision"] == "fp32" and r["latency_ms"]["runs"] >= 20
+    lat = r["latency_ms"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert [t["batch"] for t in r["throughput"]] == [1, 4]
+    assert r["peak_rss_mb"] > 0 and r["threads"] >= 1
+    assert r["estimate"] is not None and r["estimate"]["latency_ms"]["low"] <= r["estimate"]["latency_ms"]["high"]
+    assert {c["budget"] for c in r["verdict"]["checks"]} == {"latency_ms", "ram_mb", "model_size_mb"}
+    assert report["environment"]["packages"]["onnxruntime"]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mlp.onnx |" in (tmp_path / "r.md").read_text()
+    assert "mlp.onnx" in proc.stderr  # the table
+
+
+def test_failed_budget_exits_8_and_still_writes_the_report(models, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli("benchmark", models["mlp"], "--device", "rpi4", *FAST, "--no-memory",
+                   "--size-budget", "0.0001", "--json", out)
+    assert_clean_error(proc, 8, "model_size")
+    report = json.loads(out.read_text())
+    assert report["pass"] is False
+    assert any("model_size" in f for f in report["results"][0]["verdict"]["failures"])
+
+
+def test_generous_budget_passes(models):
+    proc = run_cli("benchmark", models["mlp"], "--device", "rpi5", *FAST, "--no-memory",
+                   "--latency-budget", "100000", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pass"] is True
+
+
+def test_int64_scalar_and_dynamic_dims(models, tmp_path):
+    proc = run_cli("benchmark", models["two"], *FAST, "--no-memory")
+    assert_clean_error(proc, 3, "input 'x'", "--input-shape x=")
+    proc = run_cli("benchmark", models["two"], *FAST, "--no-memory", "--input-shape", "x=2,5", "--json", "-")
+    assert proc.returncode == 0, proc.stderr  # the int64 scalar k is generated
+    assert json.loads(proc.stdout)["results"][0]["batch"] == 2
+    np.savez(tmp_path / "in.npz", x=np.ones((3, 7), np.float32), k=np.array(2, np.int64))
+    proc = run_cli("benchmark", models["two"], *FAST, "--no-memory", "--inputs", tmp_path / "in.npz", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["batch"] == 3
+
+
+def test_usage_errors(models, tmp_path):
+    assert_clean_error(run_cli("benchmark", models["mlp"], "--device", "no-such-board"), 2, "rpi4")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x01garbage")
+    assert_clean_error(run_cli("benchmark", tmp_path / "bad.onnx", *FAST), 3, "bad.onnx")
+    np.save(tmp_path / "x.npy", np.ones((1, 8), np.float32))
+    assert_clean_error(run_cli("benchmark", models["mlp"], "--inputs", tmp_path / "x.npy", "--input-shape", "x=1,8"),
+                       2, "conflict")
+    assert_clean_error(run_cli("benchmark", models["mlp"], "--device", "rpi4", "--save-calibration"), 2, "device")
+    assert_clean_error(run_cli("benchmark", models["mlp"], "--latency-budget", "5"), 2, "--device")
+    assert_clean_error(run_cli("benchmark", models["mlp"], models["two"], "--variants"), 2, "exactly one")
+
+
+def test_verdict_on_known_values():
+    budgets = load_profile("rpi4").with_budgets(latency_ms=10, ram_mb=100, model_size_mb=1).budgets
+    v = judge(budgets, size_bytes=2 * 1024 * 1024, latency_ms=9.9, latency_basis="estimated p50",
+              rss_mb=150, rss_basis="estimated")
+    assert not v.passed
+    assert [c.passed for c in v.checks] == [True, False, False]
+    assert len(v.failures) == 2 and "ram 150 mb" in v.failures[0].lower()
+    assert judge(None, size_bytes=1, latency_ms=1, latency_basis="", rss_mb=1, rss_basis="").passed
