@@ -178,6 +178,7 @@ def _fp16(src: Path, dst: Path, settings: dict) -> None:
         raise UnsupportedModelError(f"float16 conversion failed: {_first_line(exc)}",
                                     "use --mode dynamic or int8 for this model") from None
     _restore_float_outputs(converted, original_outputs)
+    _casts_to_declared_float16(converted)
     _pack_float16(converted)
     save_onnx(converted, dst)
     ort = require("onnxruntime", "onnxruntime", "onnx", "checking the float16 model")
@@ -205,6 +206,21 @@ def _noop_casts_to_identity(model) -> None:
         if node.op_type == "Cast" and to == _FLOAT and types.get(node.input[0]) == _FLOAT:
             node.op_type = "Identity"
             del node.attribute[:]
+
+
+def _casts_to_declared_float16(model) -> None:
+    """A Cast(to=float) whose output the converter re-typed float16 must cast to float16.
+
+    It happens after a blocked ai.onnx.ml op (e.g. the Scaler of a scikit-learn pipeline),
+    whose output shape inference leaves untyped, so the converter neither casts nor rewrites it.
+    """
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    for node in model.graph.node:
+        if node.op_type != "Cast" or declared.get(node.output[0]) != _FLOAT16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == _FLOAT:
+                attr.i = _FLOAT16
 
 
 def _pack_float16(model) -> None:

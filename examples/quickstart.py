@@ -93,7 +93,7 @@ def torch_part(out: Path, data) -> None:
     np.save(out / "digits_cnn_calibration.npy", (X_train[:200] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32))
     np.savez(out / "digits_cnn_eval.npz", image=images, labels=y_test)
     run("convert", out / "digits_cnn.pt", "--to", "onnx", "-o", out / "digits_cnn.onnx",
-        "--input-shape", "image=1,1,8,8", "--device", DEVICE)
+        "--input-shape", "image=1,1,8,8", "--sample-input", out / "digits_cnn_eval.npz", "--device", DEVICE)
     run("quantize", out / "digits_cnn.onnx", "--mode", "int8", "--device", DEVICE,
         "--calibration", out / "digits_cnn_calibration.npy", "--eval", out / "digits_cnn_eval.npz",
         "-o", out / "digits_cnn.int8.onnx")
@@ -101,6 +101,7 @@ def torch_part(out: Path, data) -> None:
 
 def keras_part(out: Path, data) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences TensorFlow's start-up notice
     import keras
 
     X_train, X_test, y_train, y_test = data
@@ -114,7 +115,8 @@ def keras_part(out: Path, data) -> None:
     model.save(out / "digits_keras.keras")
     np.save(out / "digits_keras_calibration.npy", (X_train[:200] / 16.0).astype(np.float32))
     np.savez(out / "digits_keras_eval.npz", pixels=(X_test / 16.0).astype(np.float32), labels=y_test)
-    run("convert", out / "digits_keras.keras", "--to", "tflite", "-o", out / "digits_keras.tflite")
+    run("convert", out / "digits_keras.keras", "--to", "tflite", "-o", out / "digits_keras.tflite",
+        "--sample-input", out / "digits_keras_eval.npz")
     run("quantize", out / "digits_keras.keras", "--mode", "int8", "--device", DEVICE,
         "--calibration", out / "digits_keras_calibration.npy", "--eval", out / "digits_keras_eval.npz",
         "-o", out / "digits_keras.int8.tflite")

@@ -364,3 +364,23 @@ def test_cli_help_and_data_error(digits, tmp_path):
         assert needle in proc.stdout, needle
     proc = _cli(digits[0], "--mode", "int8", "-o", tmp_path / "x.onnx")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
+
+
+def test_fp16_after_a_scikit_learn_scaler(tmp_path):
+    """StandardScaler becomes an ai.onnx.ml Scaler, which float16 conversion must leave in float32."""
+    pytest.importorskip("skl2onnx")
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=200, random_state=0)).fit(X[:1200], y[:1200])
+    src = tmp_path / "pipe.onnx"
+    src.write_bytes(to_onnx(pipe, X[:1], options={"zipmap": False}).SerializeToString())
+    np.savez(tmp_path / "ev.npz", X=X[1200:], labels=y[1200:])
+    result = quantize(src, "fp16", tmp_path / "pipe16.onnx", eval_data=tmp_path / "ev.npz")
+    assert result.gate.passed and result.gate.drop_points <= 1.0
+    assert result.size_after < 0.7 * result.size_before
