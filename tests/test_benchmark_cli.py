@@ -121,3 +121,29 @@ def test_verdict_on_known_values():
     assert [c.passed for c in v.checks] == [True, False, False]
     assert len(v.failures) == 2 and "ram 150 mb" in v.failures[0].lower()
     assert judge(None, size_bytes=1, latency_ms=1, latency_basis="", rss_mb=1, rss_basis="").passed
+
+
+def test_variants_of_a_scikit_learn_model(tmp_path):
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    joblib.dump(MLPClassifier((32,), max_iter=200, random_state=0).fit(X[:1200], y[:1200]), tmp_path / "m.joblib")
+    np.savez(tmp_path / "cal.npz", input=X[:100])
+    np.savez(tmp_path / "ev.npz", input=X[1200:], labels=y[1200:])
+    proc = run_cli("benchmark", tmp_path / "m.joblib", "--variants", "--device", "rpi4", *FAST, "--no-memory",
+                   "--calibration", tmp_path / "cal.npz", "--eval", tmp_path / "ev.npz",
+                   "--keep-variants", tmp_path / "v", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, _schema())
+    by_label = {r["label"]: r for r in report["results"]}
+    assert {"onnx fp32", "onnx dynamic", "onnx int8", "onnx fp16"} <= set(by_label)
+    assert by_label["onnx fp32"]["accuracy"]["metric"] == "accuracy"
+    assert abs(by_label["onnx int8"]["accuracy"]["drop_points"]) <= 1.0
+    assert by_label["onnx fp16"]["precision"] == "fp16"
+    assert by_label["onnx int8"]["size_bytes"] < by_label["onnx fp32"]["size_bytes"]
+    assert (tmp_path / "v" / "onnx-int8.onnx").is_file()
+    assert "ai.onnx.ml" in proc.stderr  # why no TFLite variant was built

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = ["model", "fmt", "prec", "size", "accuracy", "p50", "p95", "p99",
+COLUMNS = ["model", "fmt", "prec", "size", "score % (Δ)", "p50", "p95", "p99",
            "samples/s", "RSS MB", "device p50 [band]", "verdict"]
 
 
@@ -17,7 +17,10 @@ def _size(n: int) -> str:
 def _acc(acc: dict | None) -> str:
     if not acc:
         return "-"
-    return f"{acc['metric']} {acc['after']:.2f}% ({-acc['drop_points']:+.2f})"
+    short = {"accuracy": "acc", "agreement": "agree", "r2": "R²"}.get(acc["metric"], acc["metric"])
+    if not acc["drop_points"]:
+        return f"{short} {acc['after']:.2f}"
+    return f"{short} {acc['after']:.2f} ({-acc['drop_points']:+.2f})"
 
 
 def rows(report: dict) -> list[list[str]]:

@@ -76,6 +76,10 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...]:
 @click.option("--calibration", type=click.Path(path_type=Path), help="With --variants: calibration data for int8.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), help="With --variants: eval data (+labels).")
 @click.option("--sample-input", type=click.Path(path_type=Path), help="With --variants: inputs for the conversion check.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="With --variants: accuracy drop (points) a variant may lose and still pass.")
+@click.option("--keep-variants", type=click.Path(file_okay=False, path_type=Path),
+              help="With --variants: keep the built variant files in this directory.")
 @click.option("--save-calibration", is_flag=True,
               help="On the device: save the measurement to improve this profile's estimates.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON ('-' for stdout).")
@@ -83,7 +87,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...]:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the latency distribution as a PNG.")
 def command(models, device, runs, duration, warmup, threads, batch_sizes, concurrency, input_shape, inputs,
             no_memory, latency_budget, ram_budget, size_budget, variants, calibration, eval_data, sample_input,
-            save_calibration, json_path, md_path, plot_path):
+            max_drop, keep_variants, save_calibration, json_path, md_path, plot_path):
     from ..bench import report as rep
     from ..bench.environment import collect_environment
     from ..bench.run import BenchOptions, benchmark_model, check_options, profile_for_board, report_dict
@@ -94,8 +98,9 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
         raise UsageError(f"--threads {threads} must be >= 1", "e.g. --threads 4")
     if variants and len(models) != 1:
         raise UsageError("--variants takes exactly one source model", "pass one model, or drop --variants")
-    if not variants and (calibration or eval_data or sample_input):
-        raise UsageError("--calibration, --eval and --sample-input go with --variants", "add --variants")
+    if not variants and (calibration or eval_data or sample_input or keep_variants):
+        raise UsageError("--calibration, --eval, --sample-input and --keep-variants go with --variants",
+                         "add --variants")
     env = collect_environment()
     detected = profile_for_board(env.get("board"))
     profile = None
@@ -128,11 +133,17 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
     if variants:
         from ..bench.variants import benchmark_variants
 
-        results = benchmark_variants(models[0], profile, options, calibration=calibration, eval_data=eval_data,
-                                     sample_input=sample_input, quiet=quiet)
+        say = (lambda _m: None) if quiet else (lambda m: console.print(m, markup=False, highlight=False))
+        results, skipped = benchmark_variants(models[0], profile, options, calibration=calibration,
+                                              eval_data=eval_data, sample_input=sample_input, max_drop=max_drop,
+                                              keep_dir=keep_variants, say=say)
+        for line in skipped:
+            say(f"variant skipped: {line}")
     else:
         results = _run_all(models, profile, options, quiet)
 
+    if not results:
+        raise UsageError("no variant could be built and benchmarked", "see the lines above")
     report = report_dict(results, profile, env, options, include_values=plot_path is not None)
     if save_calibration:
         from ..bench.calibration import save_calibration as save
