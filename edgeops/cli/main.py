@@ -22,7 +22,32 @@ Exit codes:
 """
 
 
-@click.group(help="Take a trained model to edge devices: convert, quantize and check it against "
+# Commands load on first use, so `edgeops --version` and each command import only what they need.
+COMMANDS = {
+    "convert": "edgeops.cli.convert:command",
+    "inspect": "edgeops.cli.convert:inspect_command",
+    "quantize": "edgeops.cli.quantize:command",
+    "benchmark": "edgeops.cli.benchmark:command",
+    "devices": "edgeops.cli.devices:group",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        import importlib
+
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup,
+             help="Take a trained model to edge devices: convert, quantize and benchmark it against "
                   "device profiles.\n\n" + EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeops")
@@ -30,18 +55,7 @@ def cli() -> None:
     pass
 
 
-def _add_commands() -> None:
-    from . import benchmark, convert, devices, quantize
-
-    cli.add_command(convert.command)
-    cli.add_command(convert.inspect_command)
-    cli.add_command(quantize.command)
-    cli.add_command(devices.group)
-    cli.add_command(benchmark.command)
-
-
 def main(argv: list[str] | None = None) -> None:
-    _add_commands()
     try:
         cli.main(args=argv, prog_name="edgeops", standalone_mode=False)
     except EdgeOpsError as exc:
