@@ -262,13 +262,28 @@ def _pre_process(src: Path, dst: Path, settings: dict) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with _quiet_ort_logging():
-            quant_pre_process(str(src), str(dst), skip_optimization=True)
+        # When inference is incomplete, onnxruntime saves "sym_shape_infer_temp.onnx" into the
+        # current directory: run it from the work directory so nothing lands in the user's.
+        with _quiet_ort_logging(), _cwd(dst.parent):
+            quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_optimization=True)
     except Exception as exc:  # symbolic shape inference raises plain Exception
         settings["pre_process"] = f"failed ({_first_line(exc)}); quantized without it"
         return src
     settings["pre_process"] = "ok (shape inference, optimization skipped)"
     return dst
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    """contextlib.chdir, which only Python >= 3.11 has."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _normalized_opsets(model):
