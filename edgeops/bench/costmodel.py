@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputFileError, require
+from ..errors import InputFileError, UsageError, require
 
 OP_CLASSES = ("conv", "depthwise_conv", "matmul", "elementwise", "pool", "norm", "other")
 MAC_CLASSES = ("conv", "depthwise_conv", "matmul")
@@ -98,7 +98,7 @@ def analyze(path: str | Path, batch: int = 1) -> ModelCost:
     from ..runtime import detect_format
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputFileError(f"batch must be a positive integer, got {batch!r}", "pass batch=1 or more")
+        raise UsageError(f"batch must be a positive integer, got {batch!r}", "pass batch=1 or more")
     if detect_format(path) == "onnx":
         from ..onnx_util import load_onnx
 
@@ -197,6 +197,12 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
     work = onnx.ModelProto()
     work.CopyFrom(model)
     _fix_batch(work, batch, notes)
+    # stale intermediate/output shapes (symbolic batch) would win over the inferred ones
+    del work.graph.value_info[:]
+    for out in work.graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception as exc:  # inference is best effort: unknown shapes are reported below
@@ -276,7 +282,10 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
         macs, op_class, dtype = _onnx_macs(node, info, const)
         if op_class in MAC_CLASSES and macs == 0:
             unknown_shapes += 1
-        weight_bytes = sum(const[n][0] for n in inputs if n in const)
+        # tree ensembles and other ai.onnx.ml ops keep their parameters in attributes
+        attr_bytes = _attribute_bytes(node) if node.domain == "ai.onnx.ml" else 0
+        total_weights["fp32"] += attr_bytes
+        weight_bytes = sum(const[n][0] for n in inputs if n in const) + attr_bytes
         view = node.op_type in _ONNX_VIEW
         in_bytes = 0 if view else sum(nbytes(n) for n in act_inputs)
         out_bytes = 0 if view else sum(nbytes(n) for n in node.output if n)
@@ -306,6 +315,15 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
                      weight_dtype=_dominant(total_weights), opset=opsets.get(""),
                      ml_opset=opsets.get("ai.onnx.ml"), ir_version=model.ir_version,
                      notes=tuple(notes))
+
+
+def _attribute_bytes(node) -> int:
+    total = 0
+    for a in node.attribute:
+        total += 4 * len(a.floats) + 8 * len(a.ints) + sum(len(x) for x in a.strings)
+        if a.HasField("t"):
+            total += len(a.t.raw_data)
+    return total
 
 
 def _dominant(by_precision: dict[str, int]) -> str:

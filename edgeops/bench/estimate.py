@@ -60,6 +60,7 @@ class BoardFacts:
     bandwidth_gbps: float  # effective DRAM traffic, GB/s
     int8_dot: bool
     fp16: bool
+    arch: str = "aarch64"
     assumed: tuple[str, ...] = ()  # facts that had to be guessed
 
 
@@ -151,7 +152,7 @@ def _facts(name, core, arch, cores, clock, simd, dot, fp16, factors, bandwidth) 
         bandwidth = factors["defaults"]["bandwidth_gbps"][arch if arch == "x86_64" else "aarch64"]
         assumed.append(f"memory bandwidth unknown: {bandwidth} GB/s assumed")
     return BoardFacts(name, core, int(cores), float(clock), mpc, float(bandwidth), bool(dot),
-                      bool(fp16), tuple(assumed))
+                      bool(fp16), arch, tuple(assumed))
 
 
 def host_facts(factors: dict, host: HostMeasurement | None = None,
@@ -306,10 +307,20 @@ def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: i
                             "published_rows": factors["fit"]["rows"],
                             "band_from": factors["fit"]["band_from"]}
     if host is not None:
+        if isinstance(host.p50_ms, bool) or not isinstance(host.p50_ms, (int, float)) \
+                or not math.isfinite(host.p50_ms) or host.p50_ms <= 0:
+            raise UsageError(f"host p50_ms must be a positive number, got {host.p50_ms!r}",
+                             "pass the p50 the benchmark measured on this machine, in ms")
         hb = host_facts(factors, host)
         h_threads = host.threads or default_threads(runtime, hb)
         h_est, _ = predict(cost, hb, runtime, h_threads, factors)
-        ratio = min(max(host.p50_ms / h_est, _HOST_RATIO_CLIP[0]), _HOST_RATIO_CLIP[1])
+        # the fitted factors are for ARM boards: on an x86 host every model is off by a common
+        # offset (measured with reference models, host_blend.log_ratio_center); only the rest
+        # of the ratio is about this model
+        center = factors["host_blend"].get("log_ratio_center", {}).get(runtime, 0.0) \
+            if hb.arch == "x86_64" else 0.0
+        ratio = host.p50_ms / h_est / math.exp(center)
+        ratio = min(max(ratio, _HOST_RATIO_CLIP[0]), _HOST_RATIO_CLIP[1])
         alpha = factors["host_blend"]["alpha"]
         p50 *= ratio ** alpha
         info.update(host_estimate_ms=h_est, host_measured_ms=host.p50_ms, host_ratio=ratio,
