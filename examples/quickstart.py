@@ -84,7 +84,7 @@ def torch_part(out: Path, data) -> None:
             self.features = nn.Sequential(
                 nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
                 nn.MaxPool2d(2))
-            self.head = nn.Linear(64 * 4 * 4, 10)
+            self.head = nn.Sequential(nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
 
         def forward(self, image):
             return self.head(self.features(image).flatten(1))

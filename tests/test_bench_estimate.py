@@ -278,3 +278,21 @@ def test_bad_inputs_are_user_errors(models, tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(DataError, match="bad.jsonl:1"):
         load_calibrations("rpi4", path=bad)
+
+
+def test_macs_after_a_scikit_learn_scaler(tmp_path):
+    """ONNX shape inference stops at ai.onnx.ml ops; the MLP behind a StandardScaler still counts."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from edgeops.bench.costmodel import analyze
+
+    X, y = load_digits(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier((32,), max_iter=50)).fit(X[:300], y[:300])
+    path = tmp_path / "pipe.onnx"
+    path.write_bytes(to_onnx(pipe, X[:1].astype("float32"), options={"zipmap": False}).SerializeToString())
+    cost = analyze(path)
+    assert cost.macs == 64 * 32 + 32 * 10 and not cost.notes

@@ -205,6 +205,7 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
                 dim.Clear()
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
+        work = _propagate_ml_shapes(work, onnx)
     except Exception as exc:  # inference is best effort: unknown shapes are reported below
         notes.append(f"shape inference failed ({str(exc).splitlines()[0][:120]}); MACs undercounted")
     graph = work.graph
@@ -315,6 +316,31 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
                      weight_dtype=_dominant(total_weights), opset=opsets.get(""),
                      ml_opset=opsets.get("ai.onnx.ml"), ir_version=model.ir_version,
                      notes=tuple(notes))
+
+
+# ai.onnx.ml ops whose output has their input's shape. ONNX shape inference leaves their
+# outputs unknown, which would hide the MACs of everything after them (a scikit-learn
+# StandardScaler in front of an MLP).
+_ML_SAME_SHAPE = {"Scaler", "Normalizer", "Imputer", "Binarizer"}
+
+
+def _propagate_ml_shapes(work, onnx, rounds: int = 3):
+    for _ in range(rounds):
+        known = {vi.name: vi for vi in list(work.graph.input) + list(work.graph.value_info)}
+        added = False
+        for node in work.graph.node:
+            if (node.domain == "ai.onnx.ml" and node.op_type in _ML_SAME_SHAPE and node.input
+                    and node.input[0] in known and node.output[0] not in known):
+                vi = onnx.ValueInfoProto()
+                vi.CopyFrom(known[node.input[0]])
+                vi.name = node.output[0]
+                vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # these ops always output float
+                work.graph.value_info.append(vi)
+                added = True
+        if not added:
+            break
+        work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
+    return work
 
 
 def _attribute_bytes(node) -> int:
