@@ -147,3 +147,18 @@ def test_variants_of_a_scikit_learn_model(tmp_path):
     assert by_label["onnx int8"]["size_bytes"] < by_label["onnx fp32"]["size_bytes"]
     assert (tmp_path / "v" / "onnx-int8.onnx").is_file()
     assert "ai.onnx.ml" in proc.stderr  # why no TFLite variant was built
+
+
+def test_on_the_device_judges_measurements_and_saves_calibration(models, tmp_path):
+    """On a detected board the profile is picked up, measured p95 is judged, and the run can be saved."""
+    env = {"EDGEOPS_BOARD": "Raspberry Pi 4 Model B Rev 1.4", "EDGEOPS_HOME": str(tmp_path / "home")}
+    proc = run_cli("benchmark", models["mlp"], *FAST, "--save-calibration", "--json", tmp_path / "r.json",
+                   env_extra=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["profile"] == "rpi4" and report["on_device"] is True
+    checks = {c["budget"]: c for c in report["results"][0]["verdict"]["checks"]}
+    assert checks["latency_ms"]["basis"] == "measured p95"
+    assert checks["latency_ms"]["value"] == report["results"][0]["latency_ms"]["p95"]
+    saved = (tmp_path / "home" / "calibration" / "rpi4.jsonl").read_text().splitlines()
+    assert len(saved) == 1 and json.loads(saved[0])["p50_ms"] > 0

@@ -41,7 +41,12 @@ def collect_environment() -> dict:
 
 
 def detect_board() -> str | None:
-    """The device-tree model ("Raspberry Pi 4 Model B Rev 1.4"), or None off ARM boards."""
+    """The device-tree model ("Raspberry Pi 4 Model B Rev 1.4"), or None off ARM boards.
+
+    $EDGEOPS_BOARD overrides it, for containers that hide the device tree."""
+    override = os.environ.get("EDGEOPS_BOARD", "").strip()
+    if override:
+        return override
     for path in _DEVICE_TREE_MODEL:
         text = _read_text(path)
         if text:
