@@ -69,7 +69,11 @@ class KerasToTFLite:
     tolerance = Tolerance(atol=1e-4, rtol=1e-3)
 
     def load(self, path: Path, options: ConvertOptions) -> KerasSourceModel:
+        from edgeops.errors import UsageError
         from edgeops.quantize_tflite import load_keras_source
+
+        if options.opset:
+            raise UsageError("--opset applies to ONNX output only", "drop --opset when converting to TFLite")
 
         loaded, _, _ = load_keras_source(path)
         return KerasSourceModel(loaded)

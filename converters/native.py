@@ -52,7 +52,8 @@ class OnnxToOnnx:
 
         proto = load_onnx(model.path)
         before = opsets(proto).get("")
-        fitted = fit_to_runtime(proto, opset=options.opset, max_opset=options.max_opset,
+        opset = options.target_opset(before or 1) if options.opset else None  # refuses --opset above the device's
+        fitted = fit_to_runtime(proto, opset=opset, max_opset=options.max_opset,
                                 max_ir_version=options.max_ir_version, max_ml_opset=options.max_ml_opset)
         save_onnx(fitted, out)
         return {"opset": opsets(fitted).get(""), "opsets": opsets(fitted), "ir_version": fitted.ir_version,

@@ -130,7 +130,15 @@ class SklearnModel:
         return pd.DataFrame({s.name: feeds[s.name].reshape(-1) for s in self.inputs})
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        X = self._frame(feeds)
+        try:
+            return self._predict(self._frame(feeds))
+        except (ValueError, TypeError) as exc:  # scikit-learn's own input validation
+            from edgeops.errors import DataError, first_line
+
+            raise DataError(f"scikit-learn rejected the sample inputs: {first_line(exc, 200)}",
+                            "check the sample rows: no NaN/inf unless the model imputes, right columns") from None
+
+    def _predict(self, X) -> dict[str, np.ndarray]:
         est = self.estimator
         if self.is_classifier:
             out = {"label": np.asarray(est.predict(X))}

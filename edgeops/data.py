@@ -8,6 +8,7 @@ Formats (docs/conversion.md):
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifact import TensorSpec
-from .errors import DataError, InputFileError
+from .errors import DataError, InputFileError, UsageError, first_line
 
 LABEL_KEYS = ("labels", "label", "target", "y")
 
@@ -54,9 +55,9 @@ def load_samples(path: str | Path, label_column: str | None = None) -> Samples:
             return Samples(arrays, labels=labels, source=str(p))
         if suffix == ".csv":
             return _load_csv(p, label_column)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputFileError(
-            f"{p}: cannot read data: {str(exc).splitlines()[0][:200]}",
+            f"{p}: cannot read data: {first_line(exc, 200)}",
             "write it with numpy.save / numpy.savez, or as a CSV with a header",
         ) from None
     raise InputFileError(
@@ -107,7 +108,11 @@ def bind(samples: Samples, specs: Sequence[TensorSpec], what: str = "data") -> d
             f"{what} has no array for input(s) {', '.join(missing)} (it has {', '.join(tensors) or 'none'})",
             "key the arrays by the model's input names",
         )
-    return {s.name: _fit(np.asarray(tensors[s.name]), s, what) for s in specs}
+    feeds = {s.name: _fit(np.asarray(tensors[s.name]), s, what) for s in specs}
+    for name, arr in feeds.items():
+        if arr.ndim and len(arr) == 0:
+            raise DataError(f"{what}: input '{name}' has no rows", "give at least one row of data")
+    return feeds
 
 
 def _bind_columns(samples: Samples, specs: Sequence[TensorSpec], what: str) -> dict[str, np.ndarray]:
@@ -145,6 +150,7 @@ def _fit(arr: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
                 f"{what}: input '{spec.name}' takes {want.name}, got {arr.dtype.name}",
                 f"convert the data to {want.name} (numbers only, no text)",
             )
+        _check_range(arr, want, spec.name, what)
         arr = arr.astype(want, copy=False)
     if len(spec.shape) and arr.ndim != len(spec.shape):
         raise DataError(
@@ -161,6 +167,20 @@ def _fit(arr: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
     return arr
 
 
+def _check_range(arr: np.ndarray, want: np.dtype, name: str, what: str) -> None:
+    """Refuse values the model's dtype cannot hold (they would wrap or turn into inf)."""
+    if arr.size == 0 or arr.dtype == want or want.kind == "b":
+        return
+    info = np.iinfo(want) if want.kind in "iu" else np.finfo(want)
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    if finite.size and (finite.min() < info.min or finite.max() > info.max):
+        raise DataError(
+            f"{what}: input '{name}' takes {want.name}, but values range over "
+            f"[{finite.min()}, {finite.max()}], outside [{info.min}, {info.max}]",
+            f"scale or clip the data to the {want.name} range",
+        )
+
+
 def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Parse --input-shape [NAME=]D,D,...; the key is '' when no name is given."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -169,21 +189,38 @@ def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
         try:
             shape = tuple(int(d) for d in dims.split(","))
         except ValueError:
-            raise DataError(
+            raise UsageError(
                 f"--input-shape '{text}' is not [NAME=]D,D,...", "for example: --input-shape input=1,3,32,32"
             ) from None
         if any(d <= 0 for d in shape):
-            raise DataError(f"--input-shape '{text}' has a dimension <= 0", "give positive sizes")
+            raise UsageError(f"--input-shape '{text}' has a dimension <= 0", "give positive sizes")
         if name in shapes:
-            raise DataError(f"--input-shape given twice for '{name or 'the input'}'", "give it once")
+            raise UsageError(f"--input-shape given twice for '{name or 'the input'}'", "give it once")
         shapes[name] = shape
     return shapes
 
 
+def check_shape_names(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]]) -> None:
+    """--input-shape must name real inputs (a nameless one only for a single-input model)."""
+    names = [s.name for s in specs]
+    for key, shape in shapes.items():
+        if key == "" and len(specs) != 1:
+            raise UsageError(f"--input-shape without a name, but the model has {len(specs)} inputs",
+                             f"name each one: --input-shape NAME=D,D,... for {', '.join(names)}")
+        if key and key not in names:
+            raise UsageError(f"--input-shape names '{key}', which is not an input of the model",
+                             f"inputs are: {', '.join(names)}")
+        spec = specs[0] if key == "" else specs[names.index(key)]
+        if spec.shape and len(shape) != len(spec.shape):
+            raise UsageError(f"--input-shape {key or spec.name}: {len(shape)} dimensions, but the input "
+                             f"has {len(spec.shape)} ({spec.describe()})", "give one size per dimension")
+
+
 def generate(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]] | None = None,
-             batch: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+             batch: int = 8, seed: int = 0, data_flag: str = "--sample-input") -> dict[str, np.ndarray]:
     """Random inputs within the signature, for a parity check when no sample data is given."""
     shapes = shapes or {}
+    check_shape_names(specs, shapes)
     rng = np.random.default_rng(seed)
     feeds = {}
     for i, spec in enumerate(specs):
@@ -196,17 +233,17 @@ def generate(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]] | N
                 elif axis == 0:
                     shape.append(batch)
                 else:
-                    raise DataError(
+                    raise UsageError(
                         f"input '{spec.name}' ({spec.describe()}) has a dynamic dimension {axis}",
                         f"pass --input-shape {spec.name}=" + ",".join(
                             str(d if isinstance(d, int) and d > 0 else (batch if a == 0 else 'N'))
-                            for a, d in enumerate(spec.shape)) + " or --sample-input FILE",
+                            for a, d in enumerate(spec.shape)) + f" or real inputs with {data_flag} FILE",
                     )
             shape = tuple(shape)
         if spec.dtype == "str":
             raise DataError(
                 f"input '{spec.name}' takes text, which cannot be generated",
-                "pass real rows with --sample-input FILE.csv",
+                f"pass real rows with {data_flag} FILE",
             )
         kind = np.dtype(spec.dtype).kind
         if kind == "f":

@@ -95,6 +95,14 @@ class ProfileError(UsageError):
     """A device profile is unknown or invalid."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
 def require(module: str, package: str, extra: str, purpose: str):
     """Import an optional dependency or raise MissingDependencyError naming the extra."""
     import importlib

@@ -130,7 +130,7 @@ def quantize(model: str | Path, mode: str, out: str | Path, *, calibration: str 
         say("loading the float model")
         float_path = backend.float_model(work)
         float_rt = open_runtime(float_path)
-        cal_feeds = data_mod.bind(cal_samples, float_rt.inputs, "--calibration") if cal_samples else None
+        cal_feeds = data_mod.bind(cal_samples, float_rt.inputs, "--calibration") if cal_samples is not None else None
         eval_feeds, labels, source = _gate_rows(float_rt, eval_samples, cal_feeds)
         float_out = run_batched(float_rt, eval_feeds)
 
@@ -152,14 +152,14 @@ def quantize(model: str | Path, mode: str, out: str | Path, *, calibration: str 
             try:
                 details[cand], notes = backend.quantize(cand, path, work, cal_feeds, calibrate_method,
                                                         per_channel, profile)
-            except (UnsupportedModelError, MissingDependencyError, InputFileError) as exc:
-                if mode != "auto":
+                say(f"checking accuracy: {cand}")
+                quant_out = run_batched(open_runtime(path), eval_feeds)
+            except (UnsupportedModelError, MissingDependencyError, InputFileError, DataError) as exc:
+                if mode != "auto":  # auto records a broken candidate and tries the next one
                     raise
                 candidates.append(CandidateResult(cand, "error", reason=exc.message))
                 continue
-            say(f"checking accuracy: {cand}")
-            report = gate_outputs(float_out, run_batched(open_runtime(path), eval_feeds), labels, max_drop,
-                                  data=source)
+            report = gate_outputs(float_out, quant_out, labels, max_drop, data=source)
             noop = details[cand].get("weights_converted") == 0
             status = "no-op" if noop else ("passed" if report.passed else "failed")
             candidates.append(CandidateResult(cand, status, report, path.stat().st_size,

@@ -72,13 +72,21 @@ def match_outputs(reference: dict[str, np.ndarray], converted: dict[str, np.ndar
     if set(reference) <= set(converted):
         return [(name, reference[name], converted[name]) for name in converted if name in reference]
     if len(reference) != len(converted):
-        from .errors import EdgeOpsError
+        from .errors import UnsupportedModelError
 
-        raise EdgeOpsError(
+        raise UnsupportedModelError(
             f"the original has {len(reference)} outputs and the converted model {len(converted)}",
             "report this as a converter bug, with the model",
         )
     return [(cname, r, c) for (cname, c), r in zip(converted.items(), reference.values())]
+
+
+def same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise equality of labels: numerically when both are numbers (0.0 == 0), else as text."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+        return a.astype(np.float64) == b.astype(np.float64)
+    return a.astype(str) == b.astype(str)
 
 
 def compare(reference: dict[str, np.ndarray], converted: dict[str, np.ndarray],
@@ -94,16 +102,20 @@ def compare(reference: dict[str, np.ndarray], converted: dict[str, np.ndarray],
             diffs.append(OutputDiff(name, tuple(got.shape), None, None, None, False))
             continue
         if name in label_outputs or ref.dtype.kind in "OUSb" or got.dtype.kind in "OUS":
-            agree = float(np.mean(ref.astype(str) == got.astype(str))) if ref.size else 1.0
+            agree = float(np.mean(same_labels(ref, got))) if ref.size else 1.0
             diffs.append(OutputDiff(name, tuple(got.shape), None, None, agree,
                                     agree >= tolerance.min_label_agreement))
             continue
         r64, g64 = ref.astype(np.float64), got.astype(np.float64)
         err = np.abs(r64 - g64)
+        both_nan = np.isnan(r64) & np.isnan(g64)
+        err[both_nan] = 0.0
+        err[np.isnan(err)] = np.inf  # NaN on one side only is the worst disagreement, never a pass
         max_abs = float(err.max()) if err.size else 0.0
-        max_rel = float((err / np.maximum(np.abs(r64), 1e-12)).max()) if err.size else 0.0
-        bad = err > tolerance.atol + tolerance.rtol * np.abs(r64)
-        bad_rows = bad.reshape(len(bad), -1).any(axis=1) if bad.ndim else bad.reshape(1)
+        with np.errstate(invalid="ignore"):
+            max_rel = float((err / np.maximum(np.abs(np.nan_to_num(r64)), 1e-12)).max()) if err.size else 0.0
+        bad = ~(err <= tolerance.atol + tolerance.rtol * np.abs(np.nan_to_num(r64)))
+        bad_rows = bad.reshape(len(bad), -1).any(axis=1) if bad.ndim and len(bad) else bad.reshape(-1)
         close = bool(bad_rows.mean() <= tolerance.max_mismatch_rows) if bad_rows.size else True
         agree = None
         if ref.ndim == 2 and ref.shape[1] >= 2:

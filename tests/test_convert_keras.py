@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-from edgeops.convert import convert  # noqa: E402
+from edgeops.convert import ConvertOptions, convert  # noqa: E402
 from edgeops.errors import DataError, InputFileError, UsageError  # noqa: E402
 from edgeops.quantize_tflite import export_tflite, import_keras, load_keras_source  # noqa: E402
 from edgeops.runtime import open_runtime  # noqa: E402
@@ -131,7 +131,7 @@ def test_converted_feeds_match_tflite_default_names(models):
     from edgeops.artifact import TensorSpec
     from edgeops.converters.keras_tflite import KerasToTFLite
 
-    model = KerasToTFLite().load(models["two.keras"], None)
+    model = KerasToTFLite().load(models["two.keras"], ConvertOptions())
     feeds = {"a": np.ones((1, 4), np.float32), "b": np.zeros((1, 3), np.float32)}
     tflite_inputs = (TensorSpec("serving_default_b:0", "float32", (None, 3)),
                      TensorSpec("serving_default_a:0", "float32", (None, 4)))

@@ -191,3 +191,37 @@ def test_cli_user_errors(tmp_path, digits):
     assert_clean_error(run_cli("convert", tmp_path / "m.pkl", "--to", "onnx", "-o", tmp_path / "o.onnx", pre=hide),
                        4, "edgeops[sklearn]")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_parity_catches_nan_and_compares_labels_numerically():
+    ref = {"y": np.array([[1.0, 2.0], [np.nan, 3.0]])}
+    assert compare(ref, {"y": ref["y"].copy()}, Tolerance()).passed  # NaN where the original has NaN
+    broken = {"y": np.array([[1.0, np.nan], [np.nan, 3.0]])}
+    report = compare(ref, broken, Tolerance())
+    assert not report.passed and report.outputs[0].max_abs == float("inf")
+    labels = compare({"label": np.array([0.0, 1.0])}, {"label": np.array([0, 1])}, Tolerance(), frozenset({"label"}))
+    assert labels.passed and labels.outputs[0].label_agreement == 1.0
+
+
+def test_opset_above_the_device_runtime_is_refused(tmp_path, digits):
+    from edgeops.errors import UsageError
+    from edgeops.profiles import load_profile
+
+    X, y = digits
+    joblib.dump(LogisticRegression(max_iter=200).fit(X, y), tmp_path / "lr.pkl")
+    convert(tmp_path / "lr.pkl", "onnx", tmp_path / "lr.onnx")
+    nano = load_profile("jetson-nano")
+    too_new = nano.onnx_runtime.max_opset + 2
+    with pytest.raises(UsageError, match=f"--opset {too_new}"):
+        convert(tmp_path / "lr.onnx", "onnx", tmp_path / "new.onnx", options=ConvertOptions(opset=too_new, profile=nano))
+    assert not (tmp_path / "new.onnx").exists()
+
+
+def test_nan_sample_rows_are_a_data_error(tmp_path, digits):
+    X, y = digits
+    joblib.dump(LogisticRegression(max_iter=200).fit(X, y), tmp_path / "lr.pkl")
+    bad = X[:5].copy()
+    bad[0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert_clean_error(run_cli("convert", tmp_path / "lr.pkl", "-o", tmp_path / "o.onnx", "--sample-input",
+                               tmp_path / "nan.npy"), 3, "NaN")

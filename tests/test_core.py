@@ -11,7 +11,7 @@ import pytest
 
 from edgeops.artifact import TensorSpec
 from edgeops.data import Samples, bind, generate, load_samples, parse_input_shapes
-from edgeops.errors import DataError, EdgeOpsError, InputFileError, UnsupportedModelError
+from edgeops.errors import DataError, EdgeOpsError, InputFileError, UnsupportedModelError, UsageError
 from edgeops.registry import Registry
 
 from helpers import ROOT
@@ -95,13 +95,34 @@ def test_load_samples_formats(tmp_path):
 
 def test_generate_and_input_shapes():
     specs = (TensorSpec("img", "float32", (None, 3, None, None)),)
-    with pytest.raises(DataError, match="--input-shape img="):
+    with pytest.raises(UsageError, match="dynamic dimension 2"):
         generate(specs)
     feeds = generate(specs, parse_input_shapes(["img=2,3,8,8"]))
     assert feeds["img"].shape == (2, 3, 8, 8)
     assert parse_input_shapes(["1,3,4"]) == {"": (1, 3, 4)}
-    with pytest.raises(DataError):
+    with pytest.raises(UsageError):
         parse_input_shapes(["x=1,a"])
+    with pytest.raises(UsageError, match="not an input"):
+        generate(specs, {"typo": (1, 3, 8, 8)})
+    with pytest.raises(UsageError, match="3 dimensions, but the input has 4"):
+        generate(specs, {"img": (1, 3, 8)})
+    two = specs + (TensorSpec("k", "int64", ()),)
+    with pytest.raises(UsageError, match="without a name"):
+        generate(two, {"": (1, 3, 8, 8)})
+
+
+def test_values_outside_the_dtype_range_and_empty_data(tmp_path):
+    with pytest.raises(DataError, match="outside"):
+        bind(Samples({"": np.array([[300, -1]])}), (TensorSpec("x", "int8", (None, 2)),))
+    with pytest.raises(DataError, match="outside"):
+        bind(Samples({"": np.array([[1e6]])}), (TensorSpec("x", "float16", (None, 1)),))
+    ok = bind(Samples({"": np.array([[np.nan, 1.0]])}), (TensorSpec("x", "float32", (None, 2)),))
+    assert np.isnan(ok["x"][0, 0])  # NaN passes through: the parity check or the agent judges it
+    with pytest.raises(DataError, match="no rows"):
+        bind(Samples({"": np.zeros((0, 2), np.float32)}), (TensorSpec("x", "float32", (None, 2)),))
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputFileError, match="cannot read"):
+        load_samples(tmp_path / "cut.npz")
 
 
 def test_wheel_ships_converters_and_devices(tmp_path):

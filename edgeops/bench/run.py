@@ -109,7 +109,7 @@ def make_feeds(path: str | Path, options: BenchOptions, batch: int = 1) -> dict[
     specs = open_runtime(path).inputs
     if options.inputs is not None:
         return data.bind(data.load_samples(options.inputs), specs, "--inputs")
-    return data.generate(specs, dict(options.input_shapes), batch=batch)
+    return data.generate(specs, dict(options.input_shapes), batch=batch, data_flag="--inputs")
 
 
 def _batch_feeds(path, options: BenchOptions) -> Callable[[int], dict]:
@@ -154,7 +154,10 @@ def benchmark_model(path: str | Path, profile=None, options: BenchOptions | None
             raise DataError(f"throughput at batch {options.batch_sizes}: {exc.message}",
                             "this model may have a fixed batch size: drop --batch-sizes") from None
     memory = None
-    if options.memory:
+    if options.memory and any(v.dtype.kind in "OUS" for v in feeds.values()):
+        # The memory child takes its inputs through a pickle-free .npz, which cannot hold text.
+        notes.append("peak RSS not measured: text inputs cannot be passed to the memory child process")
+    elif options.memory:
         memory = measure_memory(path, feeds, threads=threads)
     estimate, precision = None, "unknown"
     try:

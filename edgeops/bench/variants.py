@@ -6,7 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import AccuracyGateError, EdgeOpsError, MissingDependencyError, UnsupportedModelError
+from ..errors import (AccuracyGateError, DataError, EdgeOpsError, InputFileError, MissingDependencyError,
+                      UnsupportedModelError)
 from .run import BenchOptions, ModelBenchmark, benchmark_model
 
 # The gate only scores variants here: every variant is kept and its drop shown; `passed`
@@ -23,7 +24,7 @@ def benchmark_variants(source, profile, options: BenchOptions, *, calibration=No
     source = Path(source)
     framework = detect_source(source)
     skipped: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="edgeops-variants-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeops-variants-") as tmp:  # unused with keep_dir
         work = Path(keep_dir) if keep_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if framework in ("keras", "tensorflow"):
@@ -64,7 +65,7 @@ def _onnx_variants(source, framework, work, profile, calibration, eval_data, sam
     else:
         say(f"converting {source.name} to ONNX")
         convert(source, "onnx", fp32, sample_input=sample_input, options=ConvertOptions(profile=profile))
-    built = [("onnx fp32", fp32, _self_score(fp32, eval_data, calibration))]
+    built = [("onnx fp32", fp32, _self_score(fp32, eval_data, calibration, skipped))]
     for mode in ("dynamic", "int8", "fp16"):
         out = work / f"onnx-{mode}.onnx"
         gate = _quantize(fp32, mode, out, calibration, eval_data, profile, skipped, say)
@@ -74,7 +75,8 @@ def _onnx_variants(source, framework, work, profile, calibration, eval_data, sam
     try:
         say("converting the ONNX model to TFLite (onnx2tf)")
         convert(fp32, "tflite", tfl, options=ConvertOptions(profile=profile))
-        built.append(("tflite fp32 (onnx2tf)", tfl, _self_score(tfl, None, None)))
+        # Not scored: its inputs are NHWC, so the --eval rows (NCHW) do not fit it as they are.
+        built.append(("tflite fp32 (onnx2tf)", tfl, None))
     except (UnsupportedModelError, MissingDependencyError) as exc:
         skipped.append(f"tflite fp32: {exc.message}")
     return built
@@ -86,7 +88,7 @@ def _tflite_variants(source, work, profile, calibration, eval_data, sample_input
     fp32 = work / "tflite-fp32.tflite"
     say(f"converting {source.name} to TFLite")
     convert(source, "tflite", fp32, sample_input=sample_input, options=ConvertOptions(profile=profile))
-    built = [("tflite fp32", fp32, _self_score(fp32, eval_data, calibration))]
+    built = [("tflite fp32", fp32, _self_score(fp32, eval_data, calibration, skipped))]
     for mode in ("dynamic", "int8", "fp16"):
         out = work / f"tflite-{mode}.tflite"
         gate = _quantize(source, mode, out, calibration, eval_data, profile, skipped, say)
@@ -105,7 +107,7 @@ def _quantize(model, mode, out, calibration, eval_data, profile, skipped, say):
     try:
         result = quantize(model, mode, out, calibration=calibration, eval_data=eval_data,
                           max_drop=_SCORE_ONLY, profile=profile)
-    except (AccuracyGateError, UnsupportedModelError, MissingDependencyError) as exc:
+    except (AccuracyGateError, UnsupportedModelError, MissingDependencyError, DataError, InputFileError) as exc:
         skipped.append(f"{mode}: {exc.message}")
         return None
     for warning in result.warnings:
@@ -113,7 +115,7 @@ def _quantize(model, mode, out, calibration, eval_data, profile, skipped, say):
     return result.gate
 
 
-def _self_score(path, eval_data, calibration):
+def _self_score(path, eval_data, calibration, skipped):
     """The float model's own accuracy (with labels) or 100% agreement, as a GateReport."""
     from .. import data as data_mod
     from ..gate import evaluate_gate
@@ -128,5 +130,6 @@ def _self_score(path, eval_data, calibration):
         feeds = data_mod.bind(samples, rt.inputs, "--eval")
         return evaluate_gate(rt, rt, feeds, samples.labels if rows == eval_data else None, _SCORE_ONLY,
                              data="eval" if rows == eval_data else "calibration")
-    except EdgeOpsError:
+    except EdgeOpsError as exc:
+        skipped.append(f"float model not scored: {exc.message}")
         return None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .output import console, emit_json
+from .output import console, emit_json, json_text
 
 HELP = """Benchmark ONNX / TFLite models: latency, throughput and peak memory measured here,
 latency and memory estimated for the --device profile, and a verdict per budget.
@@ -88,9 +88,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...]:
 def command(models, device, runs, duration, warmup, threads, batch_sizes, concurrency, input_shape, inputs,
             no_memory, latency_budget, ram_budget, size_budget, variants, calibration, eval_data, sample_input,
             max_drop, keep_variants, save_calibration, json_path, md_path, plot_path):
-    from ..bench import report as rep
     from ..bench.environment import collect_environment
-    from ..bench.run import BenchOptions, benchmark_model, check_options, profile_for_board, report_dict
+    from ..bench.run import BenchOptions, check_options, profile_for_board, report_dict
     from ..data import parse_input_shapes
     from ..errors import BudgetError, UsageError
 
@@ -117,7 +116,7 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
                          f"{env.get('board') or env.get('cpu_model') or 'not a known board'}")
     if profile is not None:
         profile = profile.with_budgets(latency_budget, ram_budget, size_budget)
-    elif latency_budget or ram_budget or size_budget:
+    elif any(b is not None for b in (latency_budget, ram_budget, size_budget)):
         raise UsageError("budgets need a device profile", "pass --device PROFILE")
     options = BenchOptions(threads=threads, runs=runs, duration_s=duration, warmup=warmup,
                            batch_sizes=_ints(batch_sizes, "--batch-sizes"),
@@ -179,8 +178,6 @@ def _run_all(models, profile, options, quiet):
 
 
 def _write_outputs(report, json_path, md_path, plot_path, quiet):
-    import json as jsonlib
-
     from ..bench import report as rep
     from ..convert import atomic_output
 
@@ -193,7 +190,7 @@ def _write_outputs(report, json_path, md_path, plot_path, quiet):
             emit_json(report)
         else:
             with atomic_output(Path(json_path)) as tmp:
-                tmp.write_text(jsonlib.dumps(report, indent=2) + "\n")
+                tmp.write_text(json_text(report))
     if md_path is not None:
         with atomic_output(Path(md_path)) as tmp:
             tmp.write_text(rep.markdown(report))

@@ -16,8 +16,25 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 
 def emit_json(obj) -> None:
     """Write ``obj`` as JSON to stdout (the only thing written there with --json)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    sys.stdout.write(json_text(obj))
     sys.stdout.flush()
+
+
+def json_text(obj) -> str:
+    """Strict JSON: NaN and infinities (e.g. the error of a NaN output) become null."""
+    return json.dumps(_finite(obj), indent=2, default=_default, allow_nan=False) + "\n"
+
+
+def _finite(value):
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _default(value):

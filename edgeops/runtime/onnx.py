@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import TensorSpec
-from ..errors import DataError, InputFileError, require
+from ..errors import DataError, InputFileError, UnsupportedModelError, first_line, require
 
 # ONNX type strings as onnxruntime reports them -> numpy dtype names.
 _ORT_TYPES = {
@@ -17,6 +17,9 @@ _ORT_TYPES = {
     "tensor(int32)": "int32",
     "tensor(int16)": "int16",
     "tensor(int8)": "int8",
+    "tensor(uint64)": "uint64",
+    "tensor(uint32)": "uint32",
+    "tensor(uint16)": "uint16",
     "tensor(uint8)": "uint8",
     "tensor(bool)": "bool",
     "tensor(string)": "str",
@@ -32,6 +35,11 @@ class OnnxRuntime:
 
     def __init__(self, path: str | Path, threads: int | None = None):
         ort = require("onnxruntime", "onnxruntime", "onnx", "running ONNX models")
+        # What session.run raises for inputs the model rejects; anything else is a bug to surface.
+        self._ort_errors = (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                            ort.capi.onnxruntime_pybind11_state.Fail,
+                            ort.capi.onnxruntime_pybind11_state.RuntimeException,
+                            ort.capi.onnxruntime_pybind11_state.InvalidGraph, ValueError, TypeError, KeyError)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -43,9 +51,8 @@ class OnnxRuntime:
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputFileError(
-                f"{path}: onnxruntime cannot load this model: {first[:300]}",
+                f"{path}: onnxruntime cannot load this model: {first_line(exc)}",
                 "check that the file is a complete ONNX model that this onnxruntime supports",
             ) from None
         self.inputs = tuple(
@@ -57,14 +64,17 @@ class OnnxRuntime:
             for o in self.session.get_outputs()
         )
         self._names = [o.name for o in self.outputs]
+        odd = [f"{t.name} ({t.dtype})" for t in self.inputs if t.dtype not in _ORT_TYPES.values()]
+        if odd:
+            raise UnsupportedModelError(f"{path}: input type not supported by edgeops: {', '.join(odd)}",
+                                        "use float, integer, bool or string inputs")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             values = self.session.run(None, feeds)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0]
+        except (self._ort_errors) as exc:  # bad feeds: wrong name, shape, dtype, or a runtime check
             raise DataError(
-                f"the model rejected the inputs: {first[:300]}",
+                f"the model rejected the inputs: {first_line(exc)}",
                 "check the inputs' names, shapes and dtypes against `edgeops inspect`",
             ) from None
         return dict(zip(self._names, values))

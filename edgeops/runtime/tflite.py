@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import TensorSpec
-from ..errors import DataError, InputFileError, MissingDependencyError
+from ..errors import DataError, InputFileError, MissingDependencyError, first_line
 
 
 def load_interpreter_class():
@@ -41,9 +41,8 @@ class TFLiteRuntime:
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
                 self.interpreter.allocate_tensors()
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputFileError(
-                f"{path}: LiteRT cannot load this model: {first[:300]}",
+                f"{path}: LiteRT cannot load this model: {first_line(exc)}",
                 "check that the file is a complete TFLite flatbuffer",
             ) from None
         self._in = self.interpreter.get_input_details()
@@ -59,6 +58,11 @@ class TFLiteRuntime:
         interp = self.interpreter
         try:
             values = [(name, index, dtype, np.asarray(feeds[name])) for name, index, dtype in self._feed]
+            for name, _, dtype, value in values:
+                # Same rule as onnxruntime: the caller feeds the model's dtype (edgeops.data.bind casts safely).
+                if value.dtype != dtype:
+                    raise DataError(f"input '{name}' takes {dtype.name}, got {value.dtype.name}",
+                                    f"cast the input to {dtype.name}")
             resized = False
             for name, index, _, value in values:
                 if value.shape != self._shapes[name]:
@@ -70,13 +74,13 @@ class TFLiteRuntime:
             if resized:
                 interp.allocate_tensors()
             for _, index, dtype, value in values:
-                interp.set_tensor(index, value if value.dtype == dtype else value.astype(dtype))
+                interp.set_tensor(index, value)
             interp.invoke()
         except KeyError as exc:
             raise DataError(f"missing input {exc}", "feed every input of the model by name") from None
         except (ValueError, RuntimeError) as exc:
             raise DataError(
-                f"the model rejected the inputs: {str(exc).splitlines()[0][:300]}",
+                f"the model rejected the inputs: {first_line(exc)}",
                 "check the inputs' shapes and dtypes against `edgeops inspect`",
             ) from None
         # get_tensor already returns a copy.
