@@ -26,6 +26,7 @@ import numpy as np
 
 from edgeops.artifact import TensorSpec
 from edgeops.convert import CONVERTERS, ConvertOptions
+from edgeops.errors import first_line
 from edgeops.errors import (DataError, EdgeOpsError, InputFileError, MissingDependencyError,
                             UnsupportedModelError, UsageError)
 from edgeops.validate import Tolerance
@@ -64,8 +65,8 @@ def _onnx2tf():
 
 
 def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    """onnx2tf colours its messages: strip the ANSI codes first."""
+    return first_line(Exception(_ANSI.sub("", str(exc)))) if str(exc).strip() else type(exc).__name__
 
 
 @contextmanager
@@ -94,14 +95,15 @@ def _captured_output():
 
 @contextmanager
 def _working_directory(path: Path):
-    """onnx2tf reads and writes relative to the working directory; keep that private."""
-    before = os.getcwd()
-    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # onnx2tf sets it to -1 for the whole process
-    os.chdir(path)
+    """onnx2tf reads and writes relative to the working directory, and sets
+    CUDA_VISIBLE_DEVICES=-1 for the whole process: keep both private."""
+    from edgeops.procio import working_directory
+
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        yield
+        with working_directory(path):
+            yield
     finally:
-        os.chdir(before)
         if cuda is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:

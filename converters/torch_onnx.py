@@ -19,6 +19,7 @@ import numpy as np
 from edgeops.artifact import TensorSpec
 from edgeops.convert import CONVERTERS, ConvertOptions
 from edgeops.errors import DataError, InputFileError, UnsupportedModelError, require
+from edgeops.errors import first_line as _first_line
 from edgeops.validate import Tolerance
 
 DEFAULT_OPSET = 17  # the legacy exporter's sweet spot: loads on onnxruntime >= 1.13
@@ -41,9 +42,6 @@ def _torch():
     return require("torch", "torch", "torch", "converting PyTorch models")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def archive_kind(path: Path) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, EdgeOpsError, UnsupportedModelError, UsageError, require
+from .errors import first_line as _first_line
+from .procio import working_directory
 
 ONNX_MODES = ("dynamic", "int8", "fp16")
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
@@ -264,26 +266,13 @@ def _pre_process(src: Path, dst: Path, settings: dict) -> Path:
     try:
         # When inference is incomplete, onnxruntime saves "sym_shape_infer_temp.onnx" into the
         # current directory: run it from the work directory so nothing lands in the user's.
-        with _quiet_ort_logging(), _cwd(dst.parent):
+        with _quiet_ort_logging(), working_directory(dst.parent):
             quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_optimization=True)
     except Exception as exc:  # symbolic shape inference raises plain Exception
         settings["pre_process"] = f"failed ({_first_line(exc)}); quantized without it"
         return src
     settings["pre_process"] = "ok (shape inference, optimization skipped)"
     return dst
-
-
-@contextlib.contextmanager
-def _cwd(path: Path):
-    """contextlib.chdir, which only Python >= 3.11 has."""
-    import os
-
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def _normalized_opsets(model):
@@ -379,6 +368,3 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

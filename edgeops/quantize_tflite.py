@@ -26,6 +26,8 @@ import numpy as np
 
 from .artifact import TensorSpec
 from .errors import DataError, InputFileError, UnsupportedModelError, UsageError, require
+from .errors import first_line as _first_line
+from .procio import quiet_native_stderr
 
 PRECISIONS = ("fp32", "dynamic", "int8", "fp16")
 MAX_CALIBRATION_SAMPLES = 200  # TF's own guidance: ~100-500 samples; more only slows calibration down
@@ -34,30 +36,6 @@ _PURPOSE = "converting Keras / TensorFlow models to TFLite"
 
 
 # --------------------------------------------------------------------------- TensorFlow import
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence output that TensorFlow's C++ code writes straight to file descriptor 2.
-
-    TF 2.21 logs through absl before TF_CPP_MIN_LOG_LEVEL is honoured (oneDNN notices at
-    import, calibration settings during int8 conversion); Python cannot intercept those,
-    so the descriptor itself is pointed at /dev/null for the duration. Python exceptions
-    still carry their messages.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def import_tensorflow():
@@ -409,9 +387,6 @@ def _dtype_name(dtype) -> str:
         return name
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _converter_message(exc: BaseException) -> str:

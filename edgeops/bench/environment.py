@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "tflite-runtime", "onnx", "edgeops")

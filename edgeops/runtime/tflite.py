@@ -5,14 +5,13 @@ only tried for old devices where LiteRT has no wheel.
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact import TensorSpec
 from ..errors import DataError, InputFileError, MissingDependencyError, first_line
+from ..procio import quiet_native_stderr
 
 
 def load_interpreter_class():
@@ -37,7 +36,7 @@ class TFLiteRuntime:
         Interpreter = load_interpreter_class()
         self.path = Path(path)
         try:
-            with _native_stderr_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+            with quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
                 self.interpreter.allocate_tensors()
         except Exception as exc:
@@ -93,23 +92,6 @@ class TFLiteRuntime:
                 scale, zero = d.get("quantization", (0.0, 0))
                 return (float(scale), int(zero)) if scale else None
         return None
-
-
-@contextmanager
-def _native_stderr_quiet():
-    """Silence what native code writes to fd 2 while the block runs; errors still raise."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _spec(d) -> TensorSpec:
