@@ -251,5 +251,7 @@ def generate(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]] | N
         elif kind == "b":
             feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            feeds[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+            # 0/1 only: integer inputs are usually indices (token ids, token types, classes), and
+            # every embedding or lookup table has at least two rows.
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
     return feeds

@@ -220,8 +220,8 @@ def test_opset_fp16_and_ram_warnings(models):
     newer = estimate(models["opset22"], "rpi4")
     assert any("opset 22 > 21" in w and "--device rpi4" in w for w in newer.warnings)
     assert not any("opset" in w for w in estimate(models["small"], "rpi4").warnings)
-    assert any("fp16 model" in w for w in estimate(models["fp16"], "rpi4").warnings)
-    assert not any("fp16 model" in w for w in estimate(models["fp16"], "rpi5").warnings)
+    assert any("fp16 weights" in w for w in estimate(models["fp16"], "rpi4").warnings)
+    assert not any("fp16 weights" in w for w in estimate(models["fp16"], "rpi5").warnings)
     huge = estimate(models["huge"], "rpi-zero-2w")  # 128 MB of fp32 weights, 128 MB budget
     assert huge.peak_rss_mb > 128 + load_factors()["memory"]["onnxruntime"]["baseline_mb"]
     assert any("over rpi-zero-2w's budget" in w for w in huge.warnings)

@@ -76,10 +76,10 @@ def test_failed_budget_exits_8_and_still_writes_the_report(models, tmp_path):
     out = tmp_path / "r.json"
     proc = run_cli("benchmark", models["mlp"], "--device", "rpi4", *FAST, "--no-memory",
                    "--size-budget", "0.0001", "--json", out)
-    assert_clean_error(proc, 8, "model_size")
+    assert_clean_error(proc, 8, "model size")
     report = json.loads(out.read_text())
     assert report["pass"] is False
-    assert any("model_size" in f for f in report["results"][0]["verdict"]["failures"])
+    assert any("model size" in f for f in report["results"][0]["verdict"]["failures"])
 
 
 def test_generous_budget_passes(models):
@@ -119,7 +119,7 @@ def test_verdict_on_known_values():
               rss_mb=150, rss_basis="estimated")
     assert not v.passed
     assert [c.passed for c in v.checks] == [True, False, False]
-    assert len(v.failures) == 2 and "ram 150 mb" in v.failures[0].lower()
+    assert len(v.failures) == 2 and "ram 150 MB" in v.failures[0]
     assert judge(None, size_bytes=1, latency_ms=1, latency_basis="", rss_mb=1, rss_basis="").passed
 
 
@@ -162,3 +162,26 @@ def test_on_the_device_judges_measurements_and_saves_calibration(models, tmp_pat
     assert checks["latency_ms"]["value"] == report["results"][0]["latency_ms"]["p95"]
     saved = (tmp_path / "home" / "calibration" / "rpi4.jsonl").read_text().splitlines()
     assert len(saved) == 1 and json.loads(saved[0])["p50_ms"] > 0
+
+
+def test_a_budget_without_a_number_fails_safe():
+    budgets = load_profile("rpi4").budgets
+    v = judge(budgets, size_bytes=1, latency_ms=None, latency_basis="", rss_mb=None, rss_basis="skipped: not measured")
+    assert not v.passed and [c.budget for c in v.checks] == ["latency_ms", "model_size_mb"]
+    assert "not judged" in v.failures[0]
+
+
+def test_estimate_uses_the_shapes_that_ran(models, tmp_path):
+    """A dynamic sequence length benchmarked at 64 must be estimated at 64, not 1."""
+    short = run_cli("benchmark", models["two"], "--device", "rpi4", *FAST, "--no-memory", "--input-shape", "x=1,2",
+                    "--json", "-")
+    long = run_cli("benchmark", models["two"], "--device", "rpi4", *FAST, "--no-memory", "--input-shape",
+                   "x=1,4096", "--json", "-")
+    assert short.returncode == 0 and long.returncode == 0, short.stderr + long.stderr
+    rss = [json.loads(p.stdout)["results"][0]["estimate"]["peak_rss_mb"] for p in (short, long)]
+    assert rss[1] > rss[0]  # 4096 floats of activations are counted
+
+
+def test_fixed_batch_model_refuses_other_batch_sizes(tmp_path):
+    path = _mlp(tmp_path / "fixed.onnx", batch=1)
+    assert_clean_error(run_cli("benchmark", path, *FAST, "--no-memory", "--batch-sizes", "1,4"), 2, "fixed batch of 1")

@@ -93,8 +93,10 @@ class ModelCost:
         }
 
 
-def analyze(path: str | Path, batch: int = 1) -> ModelCost:
-    """Per-op cost of an ONNX or TFLite model file at the given batch size."""
+def analyze(path: str | Path, batch: int = 1,
+            input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelCost:
+    """Per-op cost of an ONNX or TFLite model file at the given batch size, or at the exact
+    ``input_shapes`` (by input name) that a benchmark ran with."""
     from ..runtime import detect_format
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -102,8 +104,8 @@ def analyze(path: str | Path, batch: int = 1) -> ModelCost:
     if detect_format(path) == "onnx":
         from ..onnx_util import load_onnx
 
-        return analyze_onnx(load_onnx(path), batch)
-    return analyze_tflite(path, batch)
+        return analyze_onnx(load_onnx(path), batch, input_shapes)
+    return analyze_tflite(path, batch, input_shapes)
 
 
 def summarize(ops: list[OpCost], live: list[tuple[int, int, int]], **kw) -> ModelCost:
@@ -172,13 +174,22 @@ def _precision_name(np_type) -> str:
     return "other"
 
 
-def _fix_batch(model, batch: int, notes: list[str]) -> None:
-    """Give every symbolic input dimension a value: the first one ``batch``, others 1."""
+def _fix_batch(model, batch: int, notes: list[str], input_shapes=None) -> None:
+    """Give every symbolic input dimension a value: the given shape's, else the first one
+    ``batch`` and others 1."""
     inits = {i.name for i in model.graph.initializer}
+    input_shapes = input_shapes or {}
     for inp in model.graph.input:
         if inp.name in inits or not inp.type.HasField("tensor_type"):
             continue
-        for pos, dim in enumerate(inp.type.tensor_type.shape.dim):
+        given = input_shapes.get(inp.name)
+        dims = inp.type.tensor_type.shape.dim
+        if given is not None and len(given) == len(dims):
+            for dim, value in zip(dims, given):
+                dim.Clear()
+                dim.dim_value = int(value)
+            continue
+        for pos, dim in enumerate(dims):
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
             label = dim.dim_param or "?"
@@ -189,14 +200,14 @@ def _fix_batch(model, batch: int, notes: list[str]) -> None:
             dim.dim_value = value
 
 
-def analyze_onnx(model, batch: int = 1) -> ModelCost:
+def analyze_onnx(model, batch: int = 1, input_shapes=None) -> ModelCost:
     """Per-op cost of an in-memory onnx.ModelProto (a copy is shape-inferred)."""
     onnx = require("onnx", "onnx", "onnx", "reading ONNX models")
 
     notes: list[str] = []
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    _fix_batch(work, batch, notes)
+    _fix_batch(work, batch, notes, input_shapes)
     # stale intermediate/output shapes (symbolic batch) would win over the inferred ones
     del work.graph.value_info[:]
     for out in work.graph.output:
@@ -206,6 +217,8 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
         work = _propagate_ml_shapes(work, onnx)
+        if _mac_inputs_unknown(work):
+            work = _symbolic_shapes(work)
     except Exception as exc:  # inference is best effort: unknown shapes are reported below
         notes.append(f"shape inference failed ({str(exc).splitlines()[0][:120]}); MACs undercounted")
     graph = work.graph
@@ -316,6 +329,37 @@ def analyze_onnx(model, batch: int = 1) -> ModelCost:
                      weight_dtype=_dominant(total_weights), opset=opsets.get(""),
                      ml_opset=opsets.get("ai.onnx.ml"), ir_version=model.ir_version,
                      notes=tuple(notes))
+
+
+_MAC_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinearMatMul", "QLinearConv",
+            "ConvInteger"}
+
+
+def _mac_inputs_unknown(work) -> bool:
+    known = {v.name for v in list(work.graph.input) + list(work.graph.value_info)}
+    known |= {i.name for i in work.graph.initializer}
+    return any(n.op_type in _MAC_OPS and any(x and x not in known for x in n.input[:2])
+               for n in work.graph.node)
+
+
+def _symbolic_shapes(work):
+    """onnxruntime's symbolic shape inference resolves what ONNX's gives up on (e.g. BERT's
+    position-id Slice at batch 1). It saves a scratch file into the current directory when
+    incomplete, so it runs in a temporary one; any failure keeps the shapes we had."""
+    import tempfile
+
+    from ..procio import working_directory
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return work
+    with tempfile.TemporaryDirectory() as tmp, working_directory(tmp):
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(work, auto_merge=True, guess_output_rank=True)
+        except Exception:  # incomplete inference raises a bare Exception
+            return work
+    return inferred or work
 
 
 # ai.onnx.ml ops whose output has their input's shape. ONNX shape inference leaves their
@@ -456,7 +500,7 @@ _TFL_NORM = {"SOFTMAX", "LOG_SOFTMAX", "L2_NORMALIZATION", "LOCAL_RESPONSE_NORMA
 _TFL_VIEW = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 
 
-def analyze_tflite(path: str | Path, batch: int = 1) -> ModelCost:
+def analyze_tflite(path: str | Path, batch: int = 1, input_shapes=None) -> ModelCost:
     """Per-op cost of a TFLite flatbuffer, read through LiteRT's interpreter."""
     from ..runtime.tflite import load_interpreter_class
 
@@ -472,7 +516,10 @@ def analyze_tflite(path: str | Path, batch: int = 1) -> ModelCost:
         interp = Interpreter(model_path=str(path), **kwargs)
         for d in interp.get_input_details():
             sig = d.get("shape_signature")
-            if sig is not None and len(sig) and sig[0] < 0 and batch != d["shape"][0]:
+            given = (input_shapes or {}).get(d["name"])
+            if given is not None and tuple(given) != tuple(d["shape"]):
+                interp.resize_tensor_input(d["index"], list(given))
+            elif sig is not None and len(sig) and sig[0] < 0 and batch != d["shape"][0]:
                 interp.resize_tensor_input(d["index"], [batch, *list(d["shape"][1:])])
         interp.allocate_tensors()
         tensors = {d["index"]: d for d in interp.get_tensor_details()}

@@ -282,7 +282,8 @@ def peak_rss_mb(cost: ModelCost, runtime: str, factors: dict) -> float:
 
 def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: int | None = None,
              batch: int = 1, host: HostMeasurement | None = None,
-             calibration_path: str | Path | None = None, factors: dict | None = None) -> Estimate:
+             calibration_path: str | Path | None = None, factors: dict | None = None,
+             input_shapes: dict[str, tuple[int, ...]] | None = None) -> Estimate:
     """Estimated latency band and peak RSS of ``model_path`` on ``profile``.
 
     ``threads`` None means the runtime's default (onnxruntime: all cores; LiteRT: 1).
@@ -296,7 +297,7 @@ def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: i
         raise UsageError(f"threads must be a positive integer, got {threads!r}",
                          "pass threads=1 or more, or None for the runtime's default")
     factors = factors or load_factors()
-    cost = analyze(model_path, batch=batch)
+    cost = analyze(model_path, batch=batch, input_shapes=input_shapes)
     runtime = RUNTIME_BY_FORMAT[cost.format]
     board = board_facts(prof, factors)
     n = threads or default_threads(runtime, board)
@@ -306,6 +307,7 @@ def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: i
                             "factors_version": factors_version(factors),
                             "published_rows": factors["fit"]["rows"],
                             "band_from": factors["fit"]["band_from"]}
+    extra_warnings: list[str] = []
     if host is not None:
         if isinstance(host.p50_ms, bool) or not isinstance(host.p50_ms, (int, float)) \
                 or not math.isfinite(host.p50_ms) or host.p50_ms <= 0:
@@ -319,8 +321,13 @@ def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: i
         # of the ratio is about this model
         center = factors["host_blend"].get("log_ratio_center", {}).get(runtime, 0.0) \
             if hb.arch == "x86_64" else 0.0
-        ratio = host.p50_ms / h_est / math.exp(center)
-        ratio = min(max(ratio, _HOST_RATIO_CLIP[0]), _HOST_RATIO_CLIP[1])
+        raw_ratio = host.p50_ms / h_est / math.exp(center)
+        ratio = min(max(raw_ratio, _HOST_RATIO_CLIP[0]), _HOST_RATIO_CLIP[1])
+        if ratio != raw_ratio:
+            extra_warnings.append(
+                f"this machine ran the model {raw_ratio:.3g}x off the cost model's prediction (clipped to "
+                f"{ratio:g}x): the graph probably has ops or shapes the cost model misreads; "
+                "treat the estimate as a lower bound and measure on the device")
         alpha = factors["host_blend"]["alpha"]
         p50 *= ratio ** alpha
         info.update(host_estimate_ms=h_est, host_measured_ms=host.p50_ms, host_ratio=ratio,
@@ -340,7 +347,7 @@ def estimate(model_path: str | Path, profile: DeviceProfile | str, *, threads: i
         profile=prof.name, model=str(model_path), runtime=runtime, threads=n, batch=batch,
         macs=cost.macs, p50_ms=p50, low_ms=low, high_ms=high, peak_rss_mb=rss,
         method=_method_text(runtime, board, host is not None, local["rows"]),
-        calibration=info, warnings=tuple(_warnings(cost, prof, board, runtime, rss)),
+        calibration=info, warnings=tuple(_warnings(cost, prof, board, runtime, rss) + extra_warnings),
         per_class_ms=per_class)
 
 
@@ -380,8 +387,8 @@ def _warnings(cost: ModelCost, prof: DeviceProfile, board: BoardFacts, runtime: 
                    "int8 speed-ups measured on a host with VNNI/dotprod will not transfer; "
                    "benchmark fp32 against int8 on the device")
     if cost.weight_dtype == "fp16" and not board.fp16:
-        out.append(f"fp16 model on {board.core}, which has no fp16 arithmetic: expect no "
-                   "speed-up (weights are upcast to fp32 at load); use fp32 or int8 for speed")
+        out.append(f"fp16 weights on {board.core}, which has no fp16 arithmetic: they are upcast to "
+                   "fp32 at load, so fp16 only makes the file smaller; int8 is the way to a speed-up")
     if rss_mb > prof.budgets.ram_mb:
         out.append(f"estimated peak RSS {rss_mb:.0f} MB is over {prof.name}'s budget of "
                    f"{prof.budgets.ram_mb:g} MB: quantize to int8, lower the batch, or pick a "

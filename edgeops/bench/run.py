@@ -113,6 +113,15 @@ def make_feeds(path: str | Path, options: BenchOptions, batch: int = 1) -> dict[
 
 
 def _batch_feeds(path, options: BenchOptions) -> Callable[[int], dict]:
+    from ..runtime import open_runtime
+
+    for spec in open_runtime(path).inputs:
+        fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+        wrong = [b for b in options.batch_sizes if fixed is not None and b != fixed]
+        if wrong:
+            raise UsageError(f"input '{spec.name}' has a fixed batch of {fixed}; --batch-sizes asks for "
+                             f"{', '.join(map(str, wrong))}", f"use --batch-sizes {fixed}, or export the model "
+                             "with a dynamic batch dimension")
     base = make_feeds(path, options, batch=1)
 
     def feeds_for_batch(batch: int) -> dict:
@@ -163,7 +172,7 @@ def benchmark_model(path: str | Path, profile=None, options: BenchOptions | None
     try:
         from .costmodel import analyze
 
-        precision = analyze(path).precision
+        precision = analyze(path, input_shapes={name: tuple(v.shape) for name, v in feeds.items()}).precision
     except EdgeOpsError as exc:
         notes.append(f"cost model: {exc.message}")
     if profile is not None:
@@ -171,7 +180,9 @@ def benchmark_model(path: str | Path, profile=None, options: BenchOptions | None
             from .estimate import HostMeasurement, estimate as estimate_fn
 
             host = None if options.on_device else HostMeasurement(latency.stats.p50, threads=threads)
-            estimate = estimate_fn(path, profile, threads=threads, batch=latency.batch_size, host=host)
+            shapes = {name: tuple(v.shape) for name, v in feeds.items()}  # what actually ran
+            estimate = estimate_fn(path, profile, threads=threads, batch=latency.batch_size, host=host,
+                                   input_shapes=shapes)
         except EdgeOpsError as exc:
             notes.append(f"no estimate: {exc.message}")
     verdict = _judge(profile, path, latency, memory, estimate, options)
@@ -185,7 +196,7 @@ def _judge(profile, path: Path, latency: LatencyResult, memory, estimate, option
         return Verdict(())
     if options.on_device:
         lat, lat_basis = latency.stats.p95, "measured p95"
-        rss, rss_basis = (memory.peak_rss_mb, "measured peak RSS") if memory else (None, "")
+        rss, rss_basis = (memory.peak_rss_mb, "measured peak RSS") if memory else (None, "skipped: not measured")
     elif estimate is not None:
         lat, lat_basis = estimate.p50_ms, f"estimated p50 on {profile.name}"
         rss, rss_basis = estimate.peak_rss_mb, f"estimated on {profile.name}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Check:
     budget: str  # latency_ms | ram_mb | model_size_mb
     limit: float
-    value: float | None  # None: nothing to judge it on (e.g. no estimate): the check is skipped
+    value: float | None  # None: nothing to judge it on (e.g. no estimate): the check fails
     basis: str  # measured p95 | estimated p50 | file | ...
     passed: bool
 
@@ -22,8 +22,12 @@ class Check:
                 "basis": self.basis, "pass": self.passed}
 
     def describe(self) -> str:
-        unit = self.budget.rsplit("_", 1)[-1]
-        return f"{self.budget.rsplit('_', 1)[0]} {self.value:.4g} {unit} ({self.basis}) > budget {self.limit:g} {unit}"
+        what, unit = self.budget.rsplit("_", 1)
+        unit = {"mb": "MB", "ms": "ms"}.get(unit, unit)
+        what = what.replace("_", " ")
+        if self.value is None:
+            return f"{what} not judged ({self.basis}); budget {self.limit:g} {unit}"
+        return f"{what} {self.value:.4g} {unit} ({self.basis}) > budget {self.limit:g} {unit}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,11 @@ def judge(budgets, *, size_bytes: int, latency_ms: float | None, latency_basis: 
         ("ram_mb", budgets.ram_mb, rss_mb, rss_basis),
         ("model_size_mb", budgets.model_size_mb, size_mb, "file"),
     ):
-        if limit is None or value is None:
+        if limit is None or (value is None and basis.startswith("skipped")):
+            continue  # the user chose not to measure it (--no-memory)
+        if value is None:
+            # Fail safe: a gate that cannot see a number must not report a pass.
+            checks.append(Check(name, float(limit), None, basis or "no estimate for this model", False))
             continue
         checks.append(Check(name, float(limit), float(value), basis, float(value) <= float(limit)))
     return Verdict(tuple(checks))

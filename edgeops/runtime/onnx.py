@@ -44,7 +44,7 @@ class OnnxRuntime:
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors come back as exceptions; don't also print them in red
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(
@@ -73,8 +73,9 @@ class OnnxRuntime:
         try:
             values = self.session.run(None, feeds)
         except (self._ort_errors) as exc:  # bad feeds: wrong name, shape, dtype, or a runtime check
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2] if line.strip())
             raise DataError(
-                f"the model rejected the inputs: {first_line(exc)}",
+                f"the model rejected the inputs: {detail[:400] or first_line(exc)}",
                 "check the inputs' names, shapes and dtypes against `edgeops inspect`",
             ) from None
         return dict(zip(self._names, values))

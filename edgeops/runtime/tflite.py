@@ -40,6 +40,12 @@ class TFLiteRuntime:
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
                 self.interpreter.allocate_tensors()
         except Exception as exc:
+            if "custom op" in str(exc).lower():
+                from ..errors import UnsupportedModelError
+
+                raise UnsupportedModelError(
+                    f"{path}: the model needs a custom operator LiteRT does not have: {first_line(exc)}",
+                    "rebuild it with builtin ops only, or use the runtime of the project that made it") from None
             raise InputFileError(
                 f"{path}: LiteRT cannot load this model: {first_line(exc)}",
                 "check that the file is a complete TFLite flatbuffer",
