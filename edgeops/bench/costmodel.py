@@ -336,7 +336,10 @@ _MAC_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "QLinear
 
 
 def _mac_inputs_unknown(work) -> bool:
-    known = {v.name for v in list(work.graph.input) + list(work.graph.value_info)}
+    """Does any MAC op read a tensor whose shape is missing or has an unknown dimension?"""
+    known = {v.name for v in list(work.graph.input) + list(work.graph.value_info)
+             if v.type.tensor_type.HasField("shape")
+             and all(d.HasField("dim_value") and d.dim_value > 0 for d in v.type.tensor_type.shape.dim)}
     known |= {i.name for i in work.graph.initializer}
     return any(n.op_type in _MAC_OPS and any(x and x not in known for x in n.input[:2])
                for n in work.graph.node)
