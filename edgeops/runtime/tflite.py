@@ -91,6 +91,22 @@ class TFLiteRuntime:
         # get_tensor already returns a copy.
         return {name: interp.get_tensor(index) for name, index in self._fetch}
 
+    def prepared(self, feeds: dict[str, np.ndarray]):
+        """A call that runs these (already checked) feeds exactly as a bare LiteRT loop would:
+        set_tensor, invoke, get_tensor. For timing loops; call ``run`` once first (it resizes)."""
+        interp = self.interpreter
+        set_tensor, invoke, get_tensor = interp.set_tensor, interp.invoke, interp.get_tensor
+        inputs = [(index, np.asarray(feeds[name])) for name, index, _ in self._feed]
+        outputs = [index for _, index in self._fetch]
+
+        def run(_feeds=None):
+            for index, value in inputs:
+                set_tensor(index, value)
+            invoke()
+            return [get_tensor(index) for index in outputs]
+
+        return run
+
     def quantization(self, name: str) -> tuple[float, int] | None:
         """(scale, zero_point) of a quantized input/output, or None for float tensors."""
         for d in list(self._in) + list(self._out):
