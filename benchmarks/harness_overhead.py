@@ -103,7 +103,8 @@ def build_cnn_onnx(path: Path, seed=1) -> None:
 def build_mlp_tflite(path: Path, weights: list[np.ndarray], workdir: Path) -> bool:
     """The same MLP (same weights) through Keras and edgeops' TFLite exporter; False without TF."""
     try:
-        from edgeops.quantize_tflite import export_tflite, import_keras
+        from edgeops.keras_source import import_keras
+        from edgeops.tflite_export import export_tflite
 
         keras = import_keras()
     except Exception as exc:  # the TFLite row is optional: say why it is missing and go on

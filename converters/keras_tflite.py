@@ -1,8 +1,9 @@
 """Keras models (.keras, .h5) and TensorFlow SavedModel directories -> TFLite.
 
-The conversion itself lives in edgeops.quantize_tflite, shared with quantization; this
-module adapts it to the converter protocol. The exported model carries the source's
-input/output names in the source's order, so the parity check pairs outputs by name.
+The conversion itself lives in edgeops.keras_source (loading) and edgeops.tflite_export
+(writing), shared with quantization; this module adapts it to the converter protocol. The
+exported model carries the source's input/output names in the source's order, so the parity
+check pairs outputs by name.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class KerasSourceModel:
     label_outputs: frozenset[str] = frozenset()  # Keras outputs are tensors, never label strings
 
     def __init__(self, loaded):
-        self.loaded = loaded  # edgeops.quantize_tflite.KerasSource
+        self.loaded = loaded  # edgeops.keras_source.KerasSource
         self.inputs: tuple[TensorSpec, ...] = loaded.inputs
         self.output_names: tuple[str, ...] = loaded.output_names
 
@@ -70,7 +71,7 @@ class KerasToTFLite:
 
     def load(self, path: Path, options: ConvertOptions) -> KerasSourceModel:
         from edgeops.errors import UsageError
-        from edgeops.quantize_tflite import load_keras_source
+        from edgeops.keras_source import load_keras_source
 
         if options.opset:
             raise UsageError("--opset applies to ONNX output only", "drop --opset when converting to TFLite")
@@ -79,7 +80,7 @@ class KerasToTFLite:
         return KerasSourceModel(loaded)
 
     def export(self, model: KerasSourceModel, out: Path, options: ConvertOptions) -> dict:
-        from edgeops.quantize_tflite import export_loaded
+        from edgeops.tflite_export import export_loaded
 
         return export_loaded(model.loaded, out, "fp32")
 

@@ -4,7 +4,8 @@ onnx2tf rewrites the graph channel-last: every 3-5-D input becomes NWC/NHWC/NDHW
 3-5-D output may come out channel-last too. The reference (the ONNX model in onnxruntime) is
 brought to the converted model's names and layout for the parity check: converted_feeds()
 transposes the sample inputs, and predict() returns the outputs keyed and laid out as the
-TFLite model gives them (docs/onnx-to-tflite.md).
+TFLite model gives them (docs/onnx-to-tflite.md). Finding those names and layouts is
+converters/onnx2tf_layout.py's job; this module loads, checks and runs onnx2tf.
 
 onnx2tf pins old TensorFlow/onnx/numpy releases, so it is installed with --no-deps next to
 tensorflow-cpu (INSTALL_COMMAND); no pip extra can say that, hence the hint is overridden.
@@ -18,7 +19,6 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 
@@ -26,9 +26,10 @@ import numpy as np
 
 from edgeops.artifact import TensorSpec
 from edgeops.convert import CONVERTERS, ConvertOptions
+from edgeops.converters.onnx2tf_layout import (ConvertedLayout, ReferenceOutputs, bind_layout, input_perm,
+                                               match_names, transpose)
 from edgeops.errors import first_line
-from edgeops.errors import (DataError, EdgeOpsError, InputFileError, MissingDependencyError,
-                            UnsupportedModelError, UsageError)
+from edgeops.errors import DataError, InputFileError, MissingDependencyError, UnsupportedModelError, UsageError
 from edgeops.validate import Tolerance
 
 INSTALL_COMMAND = ("pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 onnx-graphsurgeon==0.6.1 "
@@ -175,94 +176,6 @@ def _set_input_shapes(proto, shapes: dict[str, tuple[int, ...]]) -> None:
     del proto.graph.value_info[:]  # stale symbolic shapes would contradict the fixed ones
 
 
-# --- layouts -------------------------------------------------------------------------------
-
-def channel_last(rank: int) -> tuple[int, ...]:
-    return (0, *range(2, rank), 1)
-
-
-def _fits(source_shape, converted_shape, perm) -> bool:
-    """Whether transposing ``source_shape`` by ``perm`` can give ``converted_shape`` (batch aside)."""
-    if len(source_shape) != len(converted_shape):
-        return False
-    return all(not isinstance(c, int) or not isinstance(source_shape[p], int) or c == source_shape[p]
-               for c, p in list(zip(converted_shape, perm))[1:])
-
-
-def input_perm(source_shape, converted_shape) -> tuple[int, ...] | None:
-    """onnx2tf makes every 3-5-D input channel-last (unless told otherwise); None keeps the array."""
-    rank = len(source_shape)
-    if 3 <= rank <= 5 and _fits(source_shape, converted_shape, channel_last(rank)):
-        return channel_last(rank)
-    return None
-
-
-def _transpose(array: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(array, perm)) if perm else array
-
-
-@dataclass(frozen=True)
-class Binding:
-    """One tensor of the ONNX model and its counterpart in the converted model."""
-
-    onnx_name: str
-    tflite_name: str
-    perm: tuple[int, ...] | None  # transposes the ONNX array into the TFLite layout
-
-
-@dataclass(frozen=True)
-class ConvertedLayout:
-    inputs: tuple[Binding, ...]
-    outputs: tuple[Binding, ...]  # in the TFLite model's output order
-
-
-def _normalized(name: str) -> str:
-    name = name.removeprefix("serving_default_").removesuffix(":0").replace("__", ":")
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
-def _match_names(onnx_names: list[str], keys: list[str]) -> dict[str, str]:
-    """key -> ONNX name: exact, then after onnx2tf's sanitizing (':' -> '__'), then normalized."""
-    found = {}
-    for key in keys:
-        for name in onnx_names:
-            if key in (name, name.replace(":", "__")) or _normalized(key) == _normalized(name):
-                found[key] = name
-                break
-    return found if len(set(found.values())) == len(found) else {}
-
-
-class _ReferenceOutputs(Mapping):
-    """The ONNX reference outputs, keyed and laid out as the converted model gives them.
-
-    convert() asks for the reference before export, when the converted names and layouts are
-    not known; it reads the values only after export, so the view resolves them on access.
-    """
-
-    def __init__(self, model: "OnnxSourceModel", values: dict[str, np.ndarray]):
-        self._model = model
-        self._values = values
-        self._resolved: tuple[ConvertedLayout, dict] | None = None
-
-    def _view(self) -> dict[str, np.ndarray]:
-        layout = self._model.layout
-        if layout is None:
-            return self._values
-        if self._resolved is None or self._resolved[0] is not layout:
-            view = {b.tflite_name: _transpose(self._values[b.onnx_name], b.perm) for b in layout.outputs}
-            self._resolved = (layout, view)
-        return self._resolved[1]
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self._view()[key]
-
-    def __iter__(self):
-        return iter(self._view())
-
-    def __len__(self) -> int:
-        return len(self._view())
-
-
 class OnnxSourceModel:
     """The ONNX model run by onnxruntime: the reference for the converted TFLite model."""
 
@@ -288,13 +201,13 @@ class OnnxSourceModel:
         return self.runtime.run({s.name: feeds[s.name] for s in self.inputs})
 
     def predict(self, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        return _ReferenceOutputs(self, self.run_onnx(feeds))
+        return ReferenceOutputs(self, self.run_onnx(feeds))
 
     def converted_feeds(self, feeds: dict[str, np.ndarray],
                         converted_inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
         """The feeds under the TFLite input names, channel-last where the TFLite input is."""
         bound = {b.tflite_name: b for b in self.layout.inputs} if self.layout else {}
-        names = _match_names([s.name for s in self.inputs], [s.name for s in converted_inputs])
+        names = match_names([s.name for s in self.inputs], [s.name for s in converted_inputs])
         if not names and len(converted_inputs) == len(self.inputs) == 1:
             names = {converted_inputs[0].name: self.inputs[0].name}
         mapped = {}
@@ -307,7 +220,7 @@ class OnnxSourceModel:
                     f"({', '.join(feeds)})", "report this model as a converter bug")
             array = np.asarray(feeds[source])
             perm = binding.perm if binding else input_perm(array.shape, spec.shape)
-            mapped[spec.name] = _transpose(array, perm)
+            mapped[spec.name] = transpose(array, perm)
         return mapped
 
 
@@ -361,7 +274,7 @@ class OnnxToTFLite:
                     f"onnx2tf cannot convert {model.path.name}: {reason}",
                     "onnx2tf converts standard ONNX operators; fixing dynamic dimensions may help: "
                     "--input-shape NAME=1,3,224,224 (the ONNX, channel-first shape)")
-            model.layout = _bind(model, produced[0], shapes)
+            model.layout = bind_layout(model, produced[0], shapes)
             shutil.copyfile(produced[0], out)
         import tensorflow as tf
 
@@ -370,74 +283,6 @@ class OnnxToTFLite:
                 "tensorflow_version": tf.__version__, "layout": "NHWC",
                 "channel_last_inputs": transposed,
                 "input_shapes": {name: list(shape) for name, shape in shapes.items()}}
-
-
-def _max_error(a: np.ndarray, b: np.ndarray) -> float:
-    if a.size == 0:
-        return 0.0
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-
-
-def _bind(model: OnnxSourceModel, tflite_path: Path, shapes: dict) -> ConvertedLayout:
-    """Pair the TFLite model's tensors with the ONNX ones, and find each output's layout."""
-    from edgeops.data import generate
-    from edgeops.runtime.tflite import TFLiteRuntime
-
-    try:
-        runtime = TFLiteRuntime(tflite_path)
-    except InputFileError as exc:  # e.g. Flex (select TensorFlow) ops that LiteRT does not run
-        raise UnsupportedModelError(f"the model onnx2tf wrote does not load in LiteRT: {exc.message}",
-                                    "the graph needs TensorFlow ops that TFLite lacks") from None
-    interpreter = runtime.interpreter
-    sig_in, sig_out = {}, {}
-    if interpreter.get_signature_list():  # signature keys are the ONNX names; tensor names are not
-        runner = interpreter.get_signature_runner()
-        sig_in = {d["name"]: key for key, d in runner.get_input_details().items()}
-        sig_out = {d["name"]: key for key, d in runner.get_output_details().items()}
-    onnx_in = [s.name for s in model.inputs]
-    onnx_out = [s.name for s in model.runtime.outputs]
-    in_names = _match_names(onnx_in, [sig_in.get(s.name, s.name) for s in runtime.inputs])
-    out_names = _match_names(onnx_out, [sig_out.get(s.name, s.name) for s in runtime.outputs])
-
-    inputs = []
-    for position, spec in enumerate(runtime.inputs):
-        name = in_names.get(sig_in.get(spec.name, spec.name))
-        if name is None:
-            if len(runtime.inputs) != len(onnx_in):
-                raise UnsupportedModelError("onnx2tf changed the model's inputs", "report this model")
-            name = onnx_in[position]
-        source = next(s for s in model.inputs if s.name == name)
-        inputs.append(Binding(name, spec.name, input_perm(shapes.get(name, source.shape), spec.shape)))
-    named_out = [out_names.get(sig_out.get(s.name, s.name)) for s in runtime.outputs]
-    if None in named_out:
-        if len(runtime.outputs) != len(onnx_out):
-            raise UnsupportedModelError("onnx2tf changed the model's outputs", "report this model")
-        named_out = onnx_out
-
-    # Which outputs came out channel-last cannot be told from shapes alone (C == H == W):
-    # run both models once and keep, per output, the layout that fits and agrees best.
-    layout = ConvertedLayout(tuple(inputs), ())
-    try:
-        feeds = generate(model.inputs, shapes, batch=1, seed=1)
-        reference = model.run_onnx(feeds)
-        bound = {b.tflite_name: _transpose(feeds[b.onnx_name], b.perm) for b in layout.inputs}
-        got = runtime.run(bound)
-    except EdgeOpsError:
-        reference = got = None  # no probe (e.g. dynamic dims): decide by shape below
-    outputs = []
-    for spec, name in zip(runtime.outputs, named_out):
-        source = next(s for s in model.runtime.outputs if s.name == name)
-        rank = len(source.shape)
-        candidates = [None] + ([channel_last(rank)] if 3 <= rank <= 5 else [])
-        if reference is not None:
-            ref, conv = reference[name], got[spec.name]
-            fitting = [p for p in candidates if _transpose(ref, p).shape == conv.shape]
-            perm = min(fitting, key=lambda p: _max_error(_transpose(ref, p), conv), default=None)
-        else:
-            fitting = [p for p in candidates if _fits(source.shape, spec.shape, p or tuple(range(rank)))]
-            perm = fitting[-1] if fitting else None  # channel-last when both fit: onnx2tf's habit
-        outputs.append(Binding(name, spec.name, perm))
-    return ConvertedLayout(tuple(inputs), tuple(outputs))
 
 
 CONVERTERS.register(("onnx", "tflite"), OnnxToTFLite())

@@ -1,7 +1,7 @@
 """quantize(): make a smaller, faster variant of a model, and keep it only if the accuracy gate passes.
 
 ONNX models are quantized with onnxruntime (edgeops/quantize_onnx.py); Keras / SavedModel
-sources are exported to TFLite at the chosen precision (edgeops/quantize_tflite.py). Either
+sources are exported to TFLite at the chosen precision (edgeops/tflite_export.py). Either
 way the quantized model and its float reference run on the same data and the gate
 (edgeops/gate.py) compares them. Nothing is written at ``out`` unless the gate passes.
 """
@@ -286,7 +286,8 @@ class _TFLiteBackend:
         self._loaded = None
 
     def float_model(self, work: Path) -> Path:
-        from .quantize_tflite import export_loaded, load_keras_source
+        from .keras_source import load_keras_source
+        from .tflite_export import export_loaded
 
         self._loaded, _, _ = load_keras_source(self.model)
         path = work / "float32.tflite"
@@ -295,7 +296,7 @@ class _TFLiteBackend:
         return path
 
     def quantize(self, mode, path, work, cal_feeds, calibrate_method, per_channel, profile):
-        from .quantize_tflite import export_loaded
+        from .tflite_export import export_loaded
 
         meta = export_loaded(self._loaded, path, mode, cal_feeds if mode == "int8" else None)
         # TFLiteConverter has no calibration-method or per-channel switch: int8 is per-channel

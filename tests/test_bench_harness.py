@@ -78,7 +78,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tflite_model(tmp_path_factory):
-    from edgeops.quantize_tflite import export_tflite, import_keras
+    from edgeops.keras_source import import_keras
+    from edgeops.tflite_export import export_tflite
 
     keras = import_keras()
     d = tmp_path_factory.mktemp("bench_tflite")

@@ -18,8 +18,9 @@ pytest.importorskip("ai_edge_litert")
 
 from edgeops.convert import ConvertOptions, convert  # noqa: E402
 from edgeops.errors import DataError, InputFileError, UsageError  # noqa: E402
-from edgeops.quantize_tflite import export_tflite, import_keras, load_keras_source  # noqa: E402
+from edgeops.keras_source import import_keras, load_keras_source  # noqa: E402
 from edgeops.runtime import open_runtime  # noqa: E402
+from edgeops.tflite_export import export_tflite  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_truncated_model_file_is_an_input_file_error(models, tmp_path, suffix):
 def test_missing_tensorflow_names_the_extra_and_import_stays_light(models, tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        import edgeops.quantize_tflite as q
+        import edgeops.keras_source, edgeops.tflite_export as q
         assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "loaded at import"
         sys.modules["tensorflow"] = None  # as if tensorflow-cpu were not installed
         from edgeops.errors import MissingDependencyError

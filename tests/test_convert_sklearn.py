@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from edgeops.convert import ConvertOptions, convert
-from edgeops.errors import DataError, InputFileError, ParityError, UnsupportedModelError
+from edgeops.errors import DataError, InputFileError, UnsupportedModelError
 from edgeops.runtime import open_runtime
 from edgeops.validate import Tolerance, compare
 
