@@ -35,11 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeops.bench import estimate as est  # noqa: E402
-from edgeops.bench.costmodel import ModelCost  # noqa: E402
 from edgeops.profiles import load_profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_archs import build, reference_cost, with_precision  # noqa: E402
+from reference_archs import Net, build, reference_cost, with_precision  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks" / "calibration" / "published.yaml"
 FITTED = ROOT / "devices" / "calibration" / "fitted.yaml"
@@ -446,7 +445,6 @@ def measure_host(base: dict) -> dict:
         for runtime, models in (("onnxruntime", ort_models), ("litert", lite_models)):
             points = []
             for key, path in models.items():
-                from edgeops.bench.costmodel import analyze
                 cost = analyze(path)
                 points.append((key, _peak_rss(path, runtime), cost.weight_bytes / 2**20,
                                cost.peak_activation_bytes / 2**20))
