@@ -6,8 +6,10 @@ Generic code here never branches on the model type; tolerances live with convert
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -16,7 +18,7 @@ import numpy as np
 
 from . import data as data_mod
 from .artifact import ModelArtifact, TensorSpec
-from .errors import InputFileError, ParityError, UsageError
+from .errors import EdgeOpsError, InputFileError, ParityError, UnsupportedModelError, UsageError, first_line
 from .registry import Registry
 from .validate import ParityReport, Tolerance, compare
 
@@ -173,9 +175,12 @@ def convert(source: str | Path, to: str, out: str | Path, *, sample_input: str |
         feeds = data_mod.generate(model.inputs, options.input_shapes)
 
     with atomic_output(out) as tmp:
-        metadata = converter.export(model, tmp, options)
+        with _framework_errors("exporting the model", "check --input-shape and the sample inputs"):
+            metadata = converter.export(model, tmp, options)
         # The reference runs after export, so a converter may learn output names/layouts while exporting.
-        reference = model.predict(feeds)
+        with _framework_errors("running the original model on the sample inputs",
+                               "check that --input-shape / --sample-input fit the model"):
+            reference = model.predict(feeds)
         runtime = open_runtime(tmp)
         converted = runtime.run(feeds_for_converted(model, feeds, runtime.inputs))
         report = compare(reference, converted, converter.tolerance, model.label_outputs)
@@ -187,25 +192,77 @@ def convert(source: str | Path, to: str, out: str | Path, *, sample_input: str |
     return ConversionResult(artifact, str(source), framework, type(converter).__name__, report, metadata)
 
 
+@contextmanager
+def _framework_errors(doing: str, hint: str):
+    """A framework (torch, TensorFlow, scikit-learn) failing on the user's model or inputs is a
+    user error with a message, not a traceback; converters turn the errors they expect into
+    precise EdgeOpsErrors, this catches the rest at the boundary."""
+    try:
+        yield
+    except EdgeOpsError:
+        raise
+    except (ValueError, TypeError, RuntimeError, IndexError, KeyError, MemoryError) as exc:
+        raise UnsupportedModelError(f"{doing} failed: {type(exc).__name__}: {first_line(exc, 250)}", hint) from None
+
+
 class atomic_output:
-    """A temporary path beside ``out`` that is renamed onto ``out`` only if the block succeeds."""
+    """A temporary path beside ``out`` that is renamed onto ``out`` only if the block succeeds.
+
+    The result gets the mode a new file would get (umask), or that of the file it replaces;
+    directories created for it are removed again if the block fails.
+    """
 
     def __init__(self, out: Path):
         self.out = Path(out)
+        self.created: list[Path] = []
 
     def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.out.stem}.", suffix=self.out.suffix,
-                                    dir=self.out.parent)
+        if self.out.is_dir():
+            raise InputFileError(f"cannot write {self.out}: it is a directory", "give a file name")
+        missing = [p for p in reversed(self.out.parents) if not p.exists()]
+        try:
+            for d in missing:
+                d.mkdir()
+                self.created.append(d)
+            fd, name = tempfile.mkstemp(prefix=f".{self.out.stem}.", suffix=self.out.suffix,
+                                        dir=self.out.parent)
+        except OSError as exc:
+            self._remove_created()
+            raise InputFileError(f"cannot write {self.out}: {exc.strerror or exc}",
+                                 "choose a writable output path") from None
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            os.replace(self.tmp, self.out)
-        else:
-            self.tmp.unlink(missing_ok=True)
-            for extra in self.tmp.parent.glob(self.tmp.name + "*"):  # e.g. external-data files
-                extra.unlink(missing_ok=True)
+            try:
+                os.chmod(self.tmp, self._mode())
+                os.replace(self.tmp, self.out)
+                return False
+            except OSError as err:
+                self._cleanup()
+                raise InputFileError(f"cannot write {self.out}: {err.strerror or err}",
+                                     "choose a writable output path") from None
+        self._cleanup()
         return False
+
+    def _mode(self) -> int:
+        if self.out.exists():
+            return self.out.stat().st_mode & 0o7777
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+    def _cleanup(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+        for extra in self.tmp.parent.glob(glob.escape(self.tmp.name) + "*"):  # e.g. external-data files
+            extra.unlink(missing_ok=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for d in reversed(self.created):
+            try:
+                d.rmdir()
+            except OSError:  # not empty (something else wrote there): leave it
+                break

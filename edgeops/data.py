@@ -19,6 +19,7 @@ from .artifact import TensorSpec
 from .errors import DataError, InputFileError, UsageError, first_line
 
 LABEL_KEYS = ("labels", "label", "target", "y")
+MAX_GENERATED_ELEMENTS = 1 << 27  # 512 MB of float32 per input: beyond that it is a typo, not a test
 
 
 @dataclass
@@ -240,6 +241,9 @@ def generate(specs: Sequence[TensorSpec], shapes: dict[str, tuple[int, ...]] | N
                             for a, d in enumerate(spec.shape)) + f" or real inputs with {data_flag} FILE",
                     )
             shape = tuple(shape)
+        if int(np.prod(shape, dtype=np.int64)) > MAX_GENERATED_ELEMENTS:
+            raise UsageError(f"input '{spec.name}' of shape {tuple(shape)} is too large to generate",
+                             f"use a smaller shape (at most {MAX_GENERATED_ELEMENTS:,} elements per input)")
         if spec.dtype == "str":
             raise DataError(
                 f"input '{spec.name}' takes text, which cannot be generated",

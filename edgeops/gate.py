@@ -173,9 +173,14 @@ def gate_outputs(float_out: dict[str, np.ndarray], quant_out: dict[str, np.ndarr
         labels = np.asarray(labels)
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise DataError(f"the labels have shape {labels.shape}; the gate takes one label per row",
+                            "give a 1-D array of labels (class ids, class names or regression targets)")
         if len(labels) != n:
             raise DataError(f"the evaluation data has {len(labels)} labels for {n} predictions",
                             "give one label per row")
+        if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
+            raise DataError("the labels contain NaN or infinite values", "drop or fix those rows")
 
     if kind == "regression":
         if labels is not None:
@@ -189,8 +194,11 @@ def gate_outputs(float_out: dict[str, np.ndarray], quant_out: dict[str, np.ndarr
         how = f"{name} (regression)"
     else:
         if labels is not None:
-            if kind == "argmax" and labels.dtype.kind not in "biu" and not (
-                    labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+            if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+                raise DataError(
+                    f"the labels are fractional {labels.dtype.name} values but the model is a classifier ({name})",
+                    "give class ids or class names, not scores")
+            if kind == "argmax" and labels.dtype.kind not in "biuf":
                 raise DataError(
                     f"the labels are {labels.dtype.name} but the model outputs class scores ({name})",
                     "give the labels as class indices 0..K-1")

@@ -208,8 +208,9 @@ def _check_options(mode: str, calibrate_method: str, max_drop: float) -> None:
     if calibrate_method not in CALIBRATE_METHODS:
         raise UsageError(f"unknown calibration method '{calibrate_method}'",
                          f"use one of: {', '.join(CALIBRATE_METHODS)}")
-    if not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop):
-        raise UsageError(f"--max-drop must be a finite number of percentage points, got {max_drop!r}",
+    # A negative --max-drop is allowed on purpose: it demands an improvement (docs/quantization.md).
+    if not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop) or not -100 <= max_drop <= 100:
+        raise UsageError(f"--max-drop must be -100..100 percentage points, got {max_drop!r}",
                          "for example --max-drop 1.0")
 
 

@@ -137,3 +137,39 @@ def test_wheel_ships_converters_and_devices(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "edgeops/converters/sklearn_onnx.py" in names
     assert "edgeops/devices/rpi4.yaml" in names and "edgeops/devices/schema.json" in names
+
+
+def test_atomic_output_mode_and_cleanup(tmp_path):
+    import os
+
+    from edgeops.convert import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "new" / "dir" / "m.onnx") as tmp:
+            tmp.write_bytes(b"x")
+        assert oct((tmp_path / "new" / "dir" / "m.onnx").stat().st_mode & 0o777) == "0o644"
+        with pytest.raises(RuntimeError):
+            with atomic_output(tmp_path / "other" / "sub" / "m.onnx") as tmp:
+                tmp.write_bytes(b"x")
+                raise RuntimeError("boom")
+        assert not (tmp_path / "other").exists()  # directories made for a failed write are removed
+        (tmp_path / "file").write_text("")
+        with pytest.raises(InputFileError, match="cannot write"):
+            with atomic_output(tmp_path / "file" / "m.onnx"):
+                pass
+    finally:
+        os.umask(old)
+
+
+def test_gate_refuses_bad_labels():
+    from edgeops.gate import gate_outputs
+
+    out = {"label": np.array([0, 1, 1]), "probabilities": np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])}
+    with pytest.raises(DataError, match="fractional"):
+        gate_outputs(out, out, np.array([0.5, 1.5, 1.5]), 1.0)
+    with pytest.raises(DataError, match="NaN"):
+        gate_outputs(out, out, np.array([np.nan, 1.0, 1.0]), 1.0)
+    with pytest.raises(DataError, match="one label per row"):
+        gate_outputs(out, out, np.zeros((3, 2)), 1.0)
+    assert gate_outputs(out, out, np.array([0.0, 1.0, 0.0]), 1.0).after == pytest.approx(100 * 2 / 3)

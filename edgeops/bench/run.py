@@ -226,8 +226,12 @@ def report_dict(results: list[ModelBenchmark], profile, environment: dict, optio
 
 
 def check_options(options: BenchOptions) -> None:
-    if options.runs < 1 or options.duration_s < 0 or options.warmup < 0:
-        raise UsageError("--runs must be >= 1 and --duration/--warmup >= 0", "e.g. --runs 100 --duration 2")
+    import math
+
+    if not 1 <= options.runs <= 1_000_000 or options.warmup < 0:
+        raise UsageError("--runs must be 1..1000000 and --warmup >= 0", "e.g. --runs 100 --warmup 10")
+    if not (math.isfinite(options.duration_s) and 0 <= options.duration_s <= 3600):
+        raise UsageError(f"--duration {options.duration_s} must be 0..3600 seconds", "e.g. --duration 2")
     if any(b < 1 for b in options.batch_sizes) or any(c < 1 for c in options.concurrency):
         raise UsageError("batch sizes and concurrency levels must be >= 1", "e.g. --batch-sizes 1,8 --concurrency 1,2")
     if options.inputs is not None and options.input_shapes:

@@ -111,7 +111,7 @@ def _quantize(model, mode, out, calibration, eval_data, profile, skipped, say):
         skipped.append(f"{mode}: {exc.message}")
         return None
     for warning in result.warnings:
-        skipped.append(f"{mode}: {warning}")
+        skipped.append(f"{mode} (built, with a warning): {warning}")
     return result.gate
 
 

@@ -83,7 +83,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...]:
 @click.option("--save-calibration", is_flag=True,
               help="On the device: save the measurement to improve this profile's estimates.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON ('-' for stdout).")
-@click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the report as Markdown.")
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the report as Markdown ('-' for stdout).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write the latency distribution as a PNG.")
 def command(models, device, runs, duration, warmup, threads, batch_sizes, concurrency, input_shape, inputs,
             no_memory, latency_budget, ram_budget, size_budget, variants, calibration, eval_data, sample_input,
@@ -124,11 +124,12 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
                            input_shapes=parse_input_shapes(input_shape), inputs=inputs,
                            memory=not no_memory, on_device=on_device)
     check_options(options)
-    for path in (json_path, md_path, plot_path):
-        if path is not None and str(path) != "-" and not Path(path).parent.exists():
-            raise UsageError(f"the directory of {path} does not exist", "create it first")
+    _check_output_paths(models, inputs, calibration, eval_data, sample_input,
+                        {"--json": json_path, "--markdown": md_path, "--plot": plot_path})
 
-    quiet = json_path is not None and str(json_path) == "-"
+    quiet = any(p is not None and str(p) == "-" for p in (json_path, md_path))
+    if json_path is not None and md_path is not None and str(json_path) == str(md_path) == "-":
+        raise UsageError("--json - and --markdown - both write to stdout", "write one of them to a file")
     if variants:
         from ..bench.variants import benchmark_variants
 
@@ -137,7 +138,7 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
                                               eval_data=eval_data, sample_input=sample_input, max_drop=max_drop,
                                               keep_dir=keep_variants, say=say)
         for line in skipped:
-            say(f"variant skipped: {line}")
+            say(f"variants: {line}")
     else:
         results = _run_all(models, profile, options, quiet)
 
@@ -157,6 +158,29 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
         raise BudgetError(f"{len(failures)} budget check(s) failed: {'; '.join(failures)}", failures,
                           "pick a smaller or quantized variant, or raise the budget with --latency-budget/"
                           "--ram-budget/--size-budget")
+
+
+def _check_output_paths(models, *data_and_outputs) -> None:
+    """Refuse, before any work, outputs that would overwrite a model, a data file or each other."""
+    from ..errors import UsageError
+
+    *data, outputs = data_and_outputs
+    protected = {Path(p).resolve(): str(p) for p in [*models, *data] if p is not None}
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None or str(path) == "-":
+            continue
+        target = Path(path).resolve()
+        if target in protected:
+            raise UsageError(f"{flag} {path} would overwrite the input {protected[target]}", "write the report elsewhere")
+        if target in seen:
+            raise UsageError(f"{flag} and {seen[target]} both write {path}", "give each output its own file")
+        seen[target] = flag
+        if not target.parent.is_dir():
+            raise UsageError(f"the directory of {path} does not exist", "create it first")
+    plot = outputs.get("--plot")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: the plot is a PNG file", "name it e.g. latency.png")
 
 
 def _run_all(models, profile, options, quiet):
@@ -192,8 +216,11 @@ def _write_outputs(report, json_path, md_path, plot_path, quiet):
             with atomic_output(Path(json_path)) as tmp:
                 tmp.write_text(json_text(report))
     if md_path is not None:
-        with atomic_output(Path(md_path)) as tmp:
-            tmp.write_text(rep.markdown(report))
+        if str(md_path) == "-":
+            print(rep.markdown(report))
+        else:
+            with atomic_output(Path(md_path)) as tmp:
+                tmp.write_text(rep.markdown(report))
     if plot_path is not None:
         with atomic_output(Path(plot_path)) as tmp:
             rep.plot(report, tmp)

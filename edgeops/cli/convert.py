@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .output import console, emit_json, fmt_num, fmt_size, status, table, verdict
+from .output import console, emit_json, fmt_num, fmt_size, status, stdout_console, table, verdict
 
 CONVERT_HELP = """Convert a trained model to ONNX or TFLite, then check it against the original.
 
@@ -123,14 +123,14 @@ def inspect_command(model, as_json):
     if as_json:
         emit_json(art.to_dict())
         return
-    console.print(f"{model}: {fmt}, {fmt_size(art.size_bytes)}")
+    stdout_console.print(f"{model}: {fmt}, {fmt_size(art.size_bytes)}")
     for key in ("ir_version", "opsets", "producer"):
         if key in meta:
-            console.print(f"  {key}: {meta[key]}")
-    console.print(signature_table(art.inputs, art.outputs))
+            stdout_console.print(f"  {key}: {meta[key]}")
+    stdout_console.print(signature_table(art.inputs, art.outputs))
     if meta.get("operators"):
         ops = sorted(meta["operators"].items(), key=lambda kv: -kv[1])
-        console.print(table("Operators", ["op", "count"], [[k, v] for k, v in ops]))
+        stdout_console.print(table("Operators", ["op", "count"], [[k, v] for k, v in ops]))
 
 
 def _op_counts(proto) -> dict[str, int]:

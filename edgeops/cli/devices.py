@@ -35,12 +35,12 @@ def list_command(as_json: bool) -> None:
     if as_json:
         output.emit_json([p.to_dict() for p in profiles])
         return
-    console = output.console
+    console = output.stdout_console
     if not console.is_terminal:
         # Redirected output has no terminal width; rich would squeeze ten columns into 80.
         from rich.console import Console
 
-        console = Console(stderr=True, highlight=False, width=max(console.width, 130))
+        console = Console(highlight=False, width=max(console.width, 130))
     console.print(_profiles_table(profiles, with_board=console.width >= _WIDE_TABLE))
     console.print("onnxruntime: version (highest opset / IR version it loads).  Details: "
                   "edgeops devices show NAME.  Your own profile: see docs/device-profiles.md")
@@ -60,7 +60,7 @@ def show_command(profile: str, as_json: bool) -> None:
     if as_json:
         output.emit_json(p.to_dict())
         return
-    output.console.print(_render(p))
+    output.stdout_console.print(_render(p))
 
 
 def _profiles_table(profiles: list[DeviceProfile], with_board: bool):

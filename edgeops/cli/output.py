@@ -12,6 +12,9 @@ from rich.text import Text
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; 120 keeps rows on one line.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+# Commands whose table IS the result (devices list/show, inspect) print it on stdout, so that
+# `edgeops devices list > file` and `edgeops inspect m.onnx | grep` work.
+stdout_console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def emit_json(obj) -> None:
