@@ -174,7 +174,8 @@ def _shapes_for(path: Path, names: list[str], given: dict[str, tuple[int, ...]])
         example = " ".join(f"--input-shape {n}=1,3,224,224" for n in names) if len(names) > 1 else \
             "--input-shape 1,3,224,224"
         raise DataError(f"{path}: a TorchScript file does not record input shapes; no shape given for "
-                        f"{', '.join(missing)}", f"pass them batch first, e.g. {example}")
+                        f"{', '.join(missing)}", f"pass them batch first, e.g. {example}, or real inputs "
+                        "with --sample-input FILE")
     return {n: given[n] for n in names}
 
 
@@ -196,7 +197,8 @@ def load_torchscript(path: Path, options: ConvertOptions) -> TorchModel:
                 "wrap the model so that forward() takes tensors only")
     if not names:
         raise UnsupportedModelError(f"{path}: forward() takes no tensor inputs", "export a model that takes tensors")
-    shapes = _shapes_for(path, names, options.input_shapes)
+    # --input-shape, else the shapes of the --sample-input arrays
+    shapes = _shapes_for(path, names, options.input_shapes or options.sample_shapes)
     # TorchScript records no dtypes either; float32 is what CNNs and MLPs take.
     inputs = tuple(TensorSpec(n, "float32", (None, *shapes[n][1:])) for n in names)
     return TorchModel(path, "torchscript", module, inputs, shapes)
@@ -284,6 +286,10 @@ def _check_batches(model: TorchModel, out: Path) -> None:
     batch = CHECK_BATCHES[0]
     try:
         runtime = open_runtime(out)
+    except InputFileError as exc:  # e.g. an --opset too old for onnxruntime's kernels
+        raise UnsupportedModelError(f"onnxruntime cannot load the exported model: {exc.message.split(': ', 1)[-1]}",
+                                    "try the default opset (drop --opset) or a newer one") from None
+    try:
         for batch in CHECK_BATCHES:
             feeds = {s.name: a.numpy() for s, a in zip(model.inputs, model.example_args(batch))}
             wrong = [f"{name} {tuple(v.shape)}" for name, v in runtime.run(feeds).items()

@@ -32,6 +32,9 @@ TARGETS = ("onnx", "tflite")
 class ConvertOptions:
     opset: int | None = None  # explicit --opset; else the profile's runtime limit; else the converter's default
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Shapes of the --sample-input arrays ('' for a single .npy), for converters that cannot read
+    # input shapes from the model (TorchScript) when no --input-shape is given.
+    sample_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     profile: "DeviceProfile | None" = None
 
     @property
@@ -130,6 +133,10 @@ def detect_source(path: Path) -> str:
     if path.stat().st_size == 0:
         raise InputFileError(f"{path}: the file is empty", "re-export the model")
     framework = _SUFFIXES.get(path.suffix.lower())
+    if framework in ("onnx", "tflite"):
+        from .runtime import detect_format
+
+        framework = detect_format(path)  # by content: a renamed .tflite is still TFLite
     if framework is None:
         known = ", ".join(sorted(_SUFFIXES))
         raise InputFileError(f"{path}: unknown model file type '{path.suffix}'",
@@ -167,10 +174,13 @@ def convert(source: str | Path, to: str, out: str | Path, *, sample_input: str |
         raise UsageError("the output path is the source model", "write to a new file")
     framework = detect_source(source)
     converter = CONVERTERS.get((framework, to))
+    samples = data_mod.load_samples(sample_input) if sample_input is not None else None
+    if samples is not None and samples.columns is None:
+        options.sample_shapes = {name: tuple(a.shape) for name, a in samples.tensors.items()}
     model = converter.load(source, options)
 
-    if sample_input is not None:
-        feeds = data_mod.bind(data_mod.load_samples(sample_input), model.inputs, "--sample-input")
+    if samples is not None:
+        feeds = data_mod.bind(samples, model.inputs, "--sample-input")
     else:
         feeds = data_mod.generate(model.inputs, options.input_shapes)
 

@@ -70,6 +70,9 @@ def _load_csv(p: Path, label_column: str | None) -> Samples:
     import pandas as pd
 
     df = pd.read_csv(p)
+    if len(df.columns) and all(_is_number(c) for c in df.columns):
+        raise DataError(f"{p}: the first row looks like data, not a header",
+                        "add a header row naming the columns (the first row would otherwise be lost)")
     if df.empty:
         raise DataError(f"{p}: the CSV has no rows", "add a header and at least one row")
     label = label_column
@@ -90,6 +93,14 @@ def _load_csv(p: Path, label_column: str | None) -> Samples:
     return Samples(tensors, labels=labels, columns=[str(c) for c in df.columns], source=str(p))
 
 
+def _is_number(text) -> bool:
+    try:
+        float(str(text))
+        return True
+    except ValueError:
+        return False
+
+
 def bind(samples: Samples, specs: Sequence[TensorSpec], what: str = "data") -> dict[str, np.ndarray]:
     """Fit samples to a model's inputs: names, ranks, fixed dims and dtypes. Raises DataError."""
     names = [s.name for s in specs]
@@ -103,6 +114,8 @@ def bind(samples: Samples, specs: Sequence[TensorSpec], what: str = "data") -> d
                 "save a .npz keyed by input name",
             )
         tensors = {names[0]: tensors[""]}
+    if len(specs) == 1 and len(tensors) == 1 and names[0] not in tensors:
+        tensors = {names[0]: next(iter(tensors.values()))}  # one array for one input: its name doesn't matter
     missing = [n for n in names if n not in tensors]
     if missing:
         raise DataError(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .artifact import ModelArtifact
 from .errors import (AccuracyGateError, DataError, InputFileError, MissingDependencyError, UnsupportedModelError,
                      UsageError)
@@ -131,6 +133,10 @@ def quantize(model: str | Path, mode: str, out: str | Path, *, calibration: str 
         float_path = backend.float_model(work)
         float_rt = open_runtime(float_path)
         cal_feeds = data_mod.bind(cal_samples, float_rt.inputs, "--calibration") if cal_samples is not None else None
+        for name, value in (cal_feeds or {}).items():
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise DataError(f"--calibration: input '{name}' contains NaN or infinite values",
+                                "calibration measures value ranges: drop or fix those rows")
         eval_feeds, labels, source = _gate_rows(float_rt, eval_samples, cal_feeds)
         float_out = run_batched(float_rt, eval_feeds)
 

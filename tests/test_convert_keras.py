@@ -192,7 +192,8 @@ def test_int8_without_calibration_data_is_refused(models, tmp_path):
 def test_calibration_data_must_fit_the_inputs(models, tmp_path):
     out = tmp_path / "m.tflite"
     with pytest.raises(DataError, match="features"):
-        export_tflite(models["mlp_saved_model"], out, "int8", {"wrong": np.zeros((4, 6), np.float32)})
+        export_tflite(models["mlp_saved_model"], out, "int8",
+                      {"wrong": np.zeros((4, 6), np.float32), "other": np.zeros((4, 6), np.float32)})
     with pytest.raises(DataError, match="dimension 1 must be 6"):
         export_tflite(models["mlp_saved_model"], out, "int8", {"features": np.zeros((4, 5), np.float32)})
     assert not out.exists()

@@ -71,8 +71,10 @@ def test_bind_checks_names_ranks_dims_and_dtypes():
         bind(Samples({"": np.ones((3, 4, 1))}), spec)
     with pytest.raises(DataError, match="takes float32, got"):
         bind(Samples({"": np.array([["a"] * 4])}), spec)
+    assert bind(Samples({"keras_tensor": np.ones((3, 4))}), spec)["x"].shape == (3, 4)  # one for one: by position
+    two = spec + (TensorSpec("z", "float32", (None, 1)),)
     with pytest.raises(DataError, match="no array for input"):
-        bind(Samples({"y": np.ones((3, 4))}), spec)
+        bind(Samples({"y": np.ones((3, 4)), "z": np.ones((3, 1))}), two)
     with pytest.raises(DataError, match="takes int64"):
         bind(Samples({"": np.ones((2, 4))}), (TensorSpec("ids", "int64", (None, 4)),))
 

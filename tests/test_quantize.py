@@ -374,3 +374,13 @@ def test_fp16_after_a_scikit_learn_scaler(tmp_path):
     result = quantize(src, "fp16", tmp_path / "pipe16.onnx", eval_data=tmp_path / "ev.npz")
     assert result.gate.passed and result.gate.drop_points <= 1.0
     assert result.size_after < 0.7 * result.size_before
+
+
+def test_nan_calibration_is_a_data_error(digits, tmp_path):
+    model, cal, ev, _ = digits
+    rows = np.load(cal)
+    rows[3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", rows)
+    with pytest.raises(DataError, match="NaN"):
+        quantize(model, "int8", tmp_path / "q.onnx", calibration=tmp_path / "nan.npy")
+    assert not (tmp_path / "q.onnx").exists()

@@ -188,6 +188,10 @@ def _run_all(models, profile, options, quiet):
 
     from ..bench.run import benchmark_model
 
+    from ..bench.run import make_feeds
+
+    for path in models:  # every model loads and takes its inputs before any is measured
+        make_feeds(path, options)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=console, disable=quiet or not console.is_terminal) as progress:

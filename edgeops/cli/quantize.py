@@ -19,7 +19,8 @@ Modes:
            Smallest and usually fastest on CPUs (x86, Raspberry Pi, Jetson's CPU).
   fp16     float16 weights (and compute where supported), float32 inputs/outputs.
            Half the size; faster only on GPUs with float16 (Jetson), not on CPUs.
-  auto     try the modes in the best order for --device and keep the first that passes:
+  auto     quantize and gate every mode, and keep the first that passes in the best order
+           for --device (the table shows them all):
            GPU with float16 (Jetson): fp16, int8, dynamic; CPUs (x86, Pi 4, Pi 5, none):
            int8 (only with --calibration), dynamic, fp16.
 
@@ -60,7 +61,7 @@ Examples:
 @click.option("--calibration", type=click.Path(path_type=str),
               help="Representative inputs for int8 (~100-500 rows): .npy, .npz or .csv.")
 @click.option("--eval", "eval_data", type=click.Path(path_type=str),
-              help="Evaluation rows for the gate, with labels for accuracy: .npz or .csv.")
+              help="Evaluation rows for the gate, with labels for accuracy: .npy, .npz or .csv.")
 @click.option("--label-column", metavar="NAME", help="CSV column holding the labels.")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
               help="Largest allowed drop of the gate metric, in percentage points.")

@@ -30,8 +30,12 @@ def detect_format(path: str | Path) -> str:
         raise InputFileError(f"{p}: no such model file", "check the path")
     with open(p, "rb") as fh:
         head = fh.read(8)
-    if p.suffix.lower() == ".tflite" or head[4:8] == b"TFL3":
+    # The content decides: a renamed file is still what it is.
+    if head[4:8] == b"TFL3":
         return "tflite"
+    if p.suffix.lower() == ".tflite":
+        raise InputFileError(f"{p}: not a TFLite flatbuffer (no TFL3 identifier)",
+                             "if it is an ONNX model, rename it to .onnx; else re-export it")
     if p.suffix.lower() == ".onnx":
         return "onnx"
     raise InputFileError(
