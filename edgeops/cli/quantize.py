@@ -52,6 +52,19 @@ Examples:
 """
 
 
+def _ignored_options(mode, calibration, label_column, calibrate_method, no_per_channel, *data) -> list[str]:
+    """Options that the chosen mode does not use: say so instead of ignoring them silently."""
+    notes = []
+    eval_data = data[-1]
+    if calibration and eval_data and mode in ("dynamic", "fp16"):  # without --eval it feeds the gate
+        notes.append(f"--calibration is not used by --mode {mode} (only int8 and auto calibrate)")
+    if mode in ("dynamic", "fp16") and (calibrate_method != "minmax" or no_per_channel):
+        notes.append(f"--calibrate-method / --no-per-channel apply to int8 only, not --mode {mode}")
+    if label_column and not any(str(d).lower().endswith(".csv") for d in data if d):
+        notes.append("--label-column applies to .csv data only; .npz files carry a 'labels' array")
+    return notes
+
+
 @click.command("quantize", help=QUANTIZE_HELP)
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--mode", required=True, type=click.Choice(["dynamic", "int8", "fp16", "auto"]),
@@ -84,6 +97,10 @@ def command(model, mode, output, calibration, eval_data, label_column, max_drop,
     def progress(message: str) -> None:
         if not as_json:
             console.print(f"[dim]{message}[/]")
+
+    for note in _ignored_options(mode, calibration, label_column, calibrate_method, no_per_channel,
+                                 calibration, eval_data):
+        console.print(f"note: {note}", markup=False, highlight=False)
 
     try:
         with status(f"quantizing {model} ({mode})", quiet=as_json):
