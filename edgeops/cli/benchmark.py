@@ -95,6 +95,12 @@ def command(models, device, runs, duration, warmup, threads, batch_sizes, concur
 
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads} must be >= 1", "e.g. --threads 4")
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and threads > usable:
+        console.print(f"note: --threads {threads} is more than this machine's {usable} usable cores: "
+                      "runs will oversubscribe them", markup=False, highlight=False)
     if variants and len(models) != 1:
         raise UsageError("--variants takes exactly one source model", "pass one model, or drop --variants")
     if not variants and (calibration or eval_data or sample_input or keep_variants):
