@@ -109,6 +109,10 @@ def inspect_command(model, as_json):
     from ..artifact import ModelArtifact
     from ..runtime import detect_format, open_runtime
 
+    if model.lower().endswith(".edgepkg"):
+        from .bundle import inspect_bundle
+
+        return inspect_bundle(model, as_json)
     fmt = detect_format(model)
     meta = {}
     if fmt == "onnx":

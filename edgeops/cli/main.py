@@ -19,6 +19,7 @@ Exit codes:
   6  parity check failed: the converted model disagrees with the original
   7  accuracy gate failed: quantization lost too much accuracy
   8  over budget: a benchmarked model exceeds the device's latency, RAM or size budget
+  9  invalid bundle: tampered, incomplete, unsafe entry, bad or missing signature
 """
 
 
@@ -29,6 +30,9 @@ COMMANDS = {
     "quantize": "edgeops.cli.quantize:command",
     "benchmark": "edgeops.cli.benchmark:command",
     "devices": "edgeops.cli.devices:group",
+    "package": "edgeops.cli.bundle:package_command",
+    "keygen": "edgeops.cli.bundle:keygen_command",
+    "verify": "edgeops.cli.bundle:verify_command",
 }
 
 
