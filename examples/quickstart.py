@@ -71,6 +71,18 @@ def benchmark_part(out: Path) -> None:
         allow=(8,))
 
 
+def package_part(out: Path) -> None:
+    print("\n== a signed bundle for the Pi 4: model, manifest, reference statistics, benchmark report")
+    key, pub = out / "signing.pem", out / "signing.pub"
+    if not key.exists():
+        run("keygen", "--out-private", key, "--out-public", pub)
+    run("package", out / "digits_mlp.joblib", "--device", DEVICE, "-o", out / "digits_mlp.edgepkg",
+        "--quantize", "auto", "--calibration", out / "digits_calibration.npz", "--eval", out / "digits_eval.npz",
+        "--sample-input", out / "digits_eval.npz", "--reference", out / "digits_calibration.npz",
+        "--sign-key", key)
+    run("verify", out / "digits_mlp.edgepkg", "--key", pub)
+
+
 def torch_part(out: Path, data) -> None:
     import torch
     from torch import nn
@@ -147,6 +159,7 @@ def main() -> None:
     data = digits_split()
     sklearn_part(out, data)
     benchmark_part(out)
+    package_part(out)
     if not args.skip_torch:
         torch_part(out, data)
     if not args.skip_keras:
