@@ -35,7 +35,7 @@ def fit_to_runtime(model, *, opset: int | None = None, max_opset: int | None = N
     onnx = require("onnx", "onnx", "onnx", "re-targeting ONNX models")
     from onnx import version_converter
 
-    _dedupe_opset_imports(model)
+    dedupe_opset_imports(model)
     current = opsets(model).get("", None)
     target = opset or (min(current, max_opset) if current and max_opset else None)
     if current is not None and target is not None and target != current:
@@ -69,7 +69,7 @@ def fit_to_runtime(model, *, opset: int | None = None, max_opset: int | None = N
     return model
 
 
-def _dedupe_opset_imports(model) -> None:
+def dedupe_opset_imports(model) -> None:
     """Some exporters list a domain twice; keep one entry per domain (the highest version)."""
     best: dict[str, int] = {}
     for o in model.opset_import:

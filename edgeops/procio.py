@@ -10,6 +10,17 @@ import os
 from pathlib import Path
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
     """Point file descriptor 2 at /dev/null while the block runs; Python exceptions still

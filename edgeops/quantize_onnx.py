@@ -278,15 +278,9 @@ def _pre_process(src: Path, dst: Path, settings: dict) -> Path:
 def _normalized_opsets(model):
     """One opset import per domain (skl2onnx can list the default domain twice, which the
     quantizer rejects with 'Failed to find proper ai.onnx domain')."""
-    best: dict[str, int] = {}
-    for imp in model.opset_import:
-        domain = "" if imp.domain == "ai.onnx" else imp.domain
-        best[domain] = max(best.get(domain, 0), imp.version)
-    if len(best) != len(model.opset_import):
-        from onnx import helper
+    from .onnx_util import dedupe_opset_imports
 
-        del model.opset_import[:]
-        model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(best.items()))
+    dedupe_opset_imports(model)
     return model
 
 

@@ -9,7 +9,6 @@ local_adjustment) without reading the model file again.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -147,11 +146,9 @@ def _re_estimate(row: dict, factors: dict) -> float | None:
 
 
 def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from ..procio import sha256_file
+
+    return sha256_file(path)
 
 
 def _jsonable(value) -> bool:

@@ -66,11 +66,7 @@ def _onnx_variants(source, framework, work, profile, calibration, eval_data, sam
         say(f"converting {source.name} to ONNX")
         convert(source, "onnx", fp32, sample_input=sample_input, options=ConvertOptions(profile=profile))
     built = [("onnx fp32", fp32, _self_score(fp32, eval_data, calibration, skipped))]
-    for mode in ("dynamic", "int8", "fp16"):
-        out = work / f"onnx-{mode}.onnx"
-        gate = _quantize(fp32, mode, out, calibration, eval_data, profile, skipped, say)
-        if gate is not None:
-            built.append((f"onnx {mode}", out, gate))
+    built += _quantized(fp32, "onnx", work, calibration, eval_data, profile, skipped, say)
     tfl = work / "tflite-fp32.tflite"
     try:
         say("converting the ONNX model to TFLite (onnx2tf)")
@@ -89,11 +85,17 @@ def _tflite_variants(source, work, profile, calibration, eval_data, sample_input
     say(f"converting {source.name} to TFLite")
     convert(source, "tflite", fp32, sample_input=sample_input, options=ConvertOptions(profile=profile))
     built = [("tflite fp32", fp32, _self_score(fp32, eval_data, calibration, skipped))]
+    return built + _quantized(source, "tflite", work, calibration, eval_data, profile, skipped, say)
+
+
+def _quantized(model, fmt, work, calibration, eval_data, profile, skipped, say):
+    """The dynamic, int8 and fp16 variants of ``model`` in format ``fmt``, each with its gate report."""
+    built = []
     for mode in ("dynamic", "int8", "fp16"):
-        out = work / f"tflite-{mode}.tflite"
-        gate = _quantize(source, mode, out, calibration, eval_data, profile, skipped, say)
+        out = work / f"{fmt}-{mode}.{fmt}"
+        gate = _quantize(model, mode, out, calibration, eval_data, profile, skipped, say)
         if gate is not None:
-            built.append((f"tflite {mode}", out, gate))
+            built.append((f"{fmt} {mode}", out, gate))
     return built
 
 

@@ -44,11 +44,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from ..procio import sha256_file as _sha256_file
+
+    return _sha256_file(path)
 
 
 def toolchain_versions(packages=TOOLCHAIN) -> dict[str, str]:
