@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeops.artifact import TensorSpec
 from edgeops.convert import CONVERTERS, ConvertOptions
-from edgeops.errors import DataError, InputFileError, UnsupportedModelError, require
+from edgeops.errors import DataError, InputFileError, UnsupportedModelError, UsageError, require
 from edgeops.errors import first_line as _first_line
 from edgeops.validate import Tolerance
 
@@ -162,18 +162,18 @@ def _shapes_for(path: Path, names: list[str], given: dict[str, tuple[int, ...]])
     """Match --input-shape values to input names; '' names the only input."""
     unknown = [n for n in given if n and n not in names]
     if unknown:
-        raise DataError(f"--input-shape names unknown input(s) {', '.join(unknown)}",
+        raise UsageError(f"--input-shape names unknown input(s) {', '.join(unknown)}",
                         f"the model's inputs are: {', '.join(names)}")
     if "" in given:
         if len(names) != 1:
-            raise DataError(f"--input-shape without a name, but the model has {len(names)} inputs "
+            raise UsageError(f"--input-shape without a name, but the model has {len(names)} inputs "
                             f"({', '.join(names)})", "name each one: --input-shape NAME=D,D,...")
         return {names[0]: given[""]}
     missing = [n for n in names if n not in given]
     if missing:
         example = " ".join(f"--input-shape {n}=1,3,224,224" for n in names) if len(names) > 1 else \
             "--input-shape 1,3,224,224"
-        raise DataError(f"{path}: a TorchScript file does not record input shapes; no shape given for "
+        raise UsageError(f"{path}: a TorchScript file does not record input shapes; no shape given for "
                         f"{', '.join(missing)}", f"pass them batch first, e.g. {example}, or real inputs "
                         "with --sample-input FILE")
     return {n: given[n] for n in names}

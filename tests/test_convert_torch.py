@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 nn = torch.nn
 
 from edgeops.convert import ConvertOptions, convert  # noqa: E402
-from edgeops.errors import (DataError, InputFileError, MissingDependencyError,  # noqa: E402
-                            UnsupportedModelError)
+from edgeops.errors import (InputFileError, MissingDependencyError,  # noqa: E402
+                            UnsupportedModelError, UsageError)
 from edgeops.runtime import open_runtime  # noqa: E402
 
 SHAPE = (1, 3, 16, 16)
@@ -167,9 +167,9 @@ def test_two_inputs(tmp_path, how):
 
 def test_two_inputs_need_named_shapes(tmp_path):
     src = _save(TwoInputs().eval(), "script", tmp_path / "two.pt", None)
-    with pytest.raises(DataError, match="2 inputs"):
+    with pytest.raises(UsageError, match="2 inputs"):
         convert(src, "onnx", tmp_path / "two.onnx", options=ConvertOptions(input_shapes={"": (1, 6)}))
-    with pytest.raises(DataError, match="unknown input"):
+    with pytest.raises(UsageError, match="unknown input"):
         convert(src, "onnx", tmp_path / "two.onnx", options=ConvertOptions(input_shapes={"lft": (1, 6)}))
 
 
@@ -199,7 +199,7 @@ def test_truncated_file_is_an_input_error(tmp_path):
 
 def test_missing_input_shape_says_how_to_pass_it(tmp_path):
     src = _save(_cnn(), "trace", tmp_path / "cnn.pt", (torch.randn(*SHAPE),))
-    with pytest.raises(DataError) as info:
+    with pytest.raises(UsageError) as info:
         convert(src, "onnx", tmp_path / "cnn.onnx")
     assert "--input-shape" in info.value.hint and "image" in info.value.message
 
