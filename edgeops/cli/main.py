@@ -33,6 +33,9 @@ COMMANDS = {
     "package": "edgeops.cli.bundle:package_command",
     "keygen": "edgeops.cli.bundle:keygen_command",
     "verify": "edgeops.cli.bundle:verify_command",
+    "agent": "edgeops.cli.agent:command",
+    "monitor": "edgeops.cli.fleet:monitor_command",
+    "fleet": "edgeops.cli.fleet:fleet_group",
 }
 
 
@@ -52,7 +55,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup,
              help="Take a trained model to edge devices: convert, quantize and benchmark it against "
-                  "device profiles.\n\n" + EXIT_CODES_HELP,
+                  "device profiles, package it as a signed bundle, serve it on the device (agent) and "
+                  "watch the fleet for drift (monitor, fleet).\n\n" + EXIT_CODES_HELP,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeops")
 def cli() -> None:
