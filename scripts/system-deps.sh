@@ -3,8 +3,9 @@
 #   mosquitto, mosquitto-clients  a real MQTT broker and mosquitto_sub for the agent/monitor tests
 #   chromium                      the real headless browser for the dashboard test
 #   qemu-user-static, debootstrap the emulated aarch64 root filesystem of `edgeops verify --target`
+#   wrk                           the HTTP load generator of benchmarks/agent_http.py
 set -euo pipefail
-want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap)
+want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap wrk)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

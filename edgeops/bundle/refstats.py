@@ -108,7 +108,7 @@ def numeric_summary(values: np.ndarray, bins: int = 10) -> dict:
 
 def categorical_summary(values, top: int = TOP_CATEGORIES) -> dict:
     """Frequencies of the ``top`` most common categories; the rest are pooled under "__other__"."""
-    items = [_category(v) for v in np.asarray(values, dtype=object).reshape(-1)]
+    items = [category_key(v) for v in np.asarray(values, dtype=object).reshape(-1)]
     present = [v for v in items if v is not None]
     total = len(items)
     counts = Counter(present)
@@ -127,7 +127,8 @@ def categorical_summary(values, top: int = TOP_CATEGORIES) -> dict:
     }
 
 
-def _category(value):
+def category_key(value):
+    """The text under which a category value is counted (None for missing)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bytes):
