@@ -82,6 +82,7 @@ class OsSpec:
     name: str
     python: str
     glibc: str | None = None
+    codename: str | None = None  # release codename (bookworm, jammy); what `verify --target` emulates
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 #   qemu-user-static, debootstrap the emulated aarch64 root filesystem of `edgeops verify --target`
 #   wrk                           the HTTP load generator of benchmarks/agent_http.py
 set -euo pipefail
-want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap wrk)
+want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap debian-archive-keyring wrk)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -7,4 +7,6 @@ bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3
 # The dashboard test skips without a browser on a developer's machine; here it must run.
 export EDGEOPS_REQUIRE_BROWSER=1
+# Likewise the emulated-aarch64 target check (qemu-user-static, debootstrap).
+export EDGEOPS_REQUIRE_TARGET=1
 .venv/bin/python -m pytest tests "$@"

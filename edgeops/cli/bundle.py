@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..target.cli import run_targets, target_options
 from .output import emit_json, fmt_size, status, stdout_console, table
 
 
@@ -28,13 +29,22 @@ def keygen_command(out_private, out_public, as_json):
 
 @click.command("verify", help="Check a bundle: safe entry names, every file's sha256 and size against the "
                               "manifest, no missing or extra files, and the Ed25519 signature.\n\n"
-                              "Exits 0 if the bundle is intact, 9 if it is not (tampered, unsafe, badly signed).")
+                              "With --target PROFILE, also run it on that device's platform under qemu emulation "
+                              "(a cached Debian root filesystem with the device's Python and runtime wheels): the "
+                              "parity of its outputs with this machine's, and the agent's self-test (load, predict, "
+                              "telemetry encode). See docs/target-verify.md.\n\n"
+                              "Exits 0 if the bundle is intact (and passes on every --target), 9 if it is not "
+                              "(tampered, unsafe, badly signed), 10 if it fails on a target, 4 if this machine "
+                              "cannot run the target check.")
 @click.argument("bundle", type=click.Path(path_type=str))
 @click.option("--key", type=click.Path(dir_okay=False, path_type=str),
               help="Trusted public key (PEM): the bundle must be signed by it if it is signed.")
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed by --key.")
+@click.option("--target", "targets", multiple=True, metavar="PROFILE",
+              help="Device profile (name or YAML) to check the bundle on, emulated; repeatable.")
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def verify_command(bundle, key, require_signature, as_json):
+def verify_command(bundle, key, require_signature, targets, as_json, **target):
     from ..bundle.archive import verify_bundle
     from ..bundle.manifest import BundleError
 
@@ -44,14 +54,21 @@ def verify_command(bundle, key, require_signature, as_json):
         if as_json:  # scripts read the verdict from stdout; the exit code still says 9
             emit_json({"path": bundle, "ok": False, "error": exc.message, "hint": exc.hint})
         raise
+    if not as_json:
+        click.echo(f"{bundle}: ok, {result.files} files match the manifest; signature: {result.signature}")
+        if result.key_fingerprint:
+            click.echo(f"signing key sha256: {result.key_fingerprint}")
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    reports, failure = run_targets(bundle, targets, quiet=as_json, **target) if targets else ([], None)
     if as_json:
-        emit_json(result.to_dict())
-        return
-    click.echo(f"{bundle}: ok, {result.files} files match the manifest; signature: {result.signature}")
-    if result.key_fingerprint:
-        click.echo(f"signing key sha256: {result.key_fingerprint}")
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        out = result.to_dict()
+        if targets:
+            out["targets"] = reports
+            out["ok"] = failure is None
+        emit_json(out)
+    if failure is not None:
+        raise failure
 
 
 def inspect_bundle(path: str, as_json: bool) -> None:
@@ -120,7 +137,8 @@ Steps (each is the same as its own command):
   2. quantize behind the accuracy gate (--quantize auto|int8|dynamic|fp16|none; --calibration, --eval);
   3. benchmark and estimate the result against --device (or take --benchmark-report, or --no-benchmark);
   4. compute reference statistics of --reference (else of --sample-input) for drift monitoring;
-  5. write NAME.edgepkg: model, manifest, reference statistics, benchmark report; signed with --sign-key.
+  5. write NAME.edgepkg: model, manifest, reference statistics, benchmark report; signed with --sign-key;
+  6. with --verify-target: run it on the device's platform under qemu emulation (docs/target-verify.md).
 
 \b
 The same inputs give a byte-identical bundle, except that a live benchmark measures new numbers
@@ -155,25 +173,50 @@ for a reproducible bundle. The format is described in docs/bundle-format.md.
 @click.option("--no-benchmark", is_flag=True, help="Skip the benchmark (the manifest records none).")
 @click.option("--runs", type=int, default=100, show_default=True, help="Benchmark: timed runs (at least).")
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Benchmark: seconds (at least).")
+@click.option("--verify-target", is_flag=True,
+              help="Step 6: run the bundle on the --device profile's platform under qemu emulation (as "
+                   "`edgeops verify --target`); the bundle is written only if it passes (exit 10 otherwise).")
+@target_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def package_command(source, device, output, target, quant_mode, calibration, eval_data, max_drop, sample_input,
                     reference, sign_key, name, model_version, benchmark_report, no_benchmark, runs, duration,
-                    as_json):
+                    verify_target, as_json, **target_check):
+    from pathlib import Path
+
     from ..errors import UsageError
 
     if benchmark_report and no_benchmark:
         raise UsageError("--benchmark-report and --no-benchmark conflict", "pass one of them")
-    out = build_package(source, device, output, target=target, quant_mode=quant_mode, calibration=calibration,
-                        eval_data=eval_data, max_drop=max_drop, sample_input=sample_input, reference=reference,
-                        sign_key=sign_key, name=name, version=model_version,
-                        benchmark_report=benchmark_report, benchmark=not no_benchmark, runs=runs,
-                        duration=duration, quiet=as_json)
+    # With --verify-target the bundle is checked under a temporary name next to the output and moved
+    # into place only when it passes, so a failing bundle is never left where a deploy step looks.
+    final = Path(output)
+    staged = final.with_name(f".{final.name}.target-check") if verify_target else final
+    try:
+        out = build_package(source, device, staged, target=target, quant_mode=quant_mode, calibration=calibration,
+                            eval_data=eval_data, max_drop=max_drop, sample_input=sample_input,
+                            reference=reference, sign_key=sign_key, name=name, version=model_version,
+                            benchmark_report=benchmark_report, benchmark=not no_benchmark, runs=runs,
+                            duration=duration, quiet=as_json)
+        reports, failure = [], None
+        if verify_target:
+            reports, failure = run_targets(str(out), [device], quiet=as_json, **target_check)
+            if failure is not None:
+                if as_json:
+                    emit_json({"ok": False, "bundle": None, "targets": reports})
+                raise failure
+            out = Path(out).replace(final)
+    finally:
+        if verify_target and staged.exists():
+            staged.unlink()
     from ..bundle.archive import read_bundle
     from ..bundle.manifest import sha256_file
 
     bundle = read_bundle(out)
     if as_json:
-        emit_json({"ok": True, "bundle": str(out), "sha256": sha256_file(out), "manifest": bundle.manifest})
+        result = {"ok": True, "bundle": str(out), "sha256": sha256_file(out), "manifest": bundle.manifest}
+        if verify_target:
+            result["targets"] = reports
+        emit_json(result)
         return
     click.echo(f"wrote {out} ({fmt_size(out.stat().st_size)}, signed: {'yes' if bundle.signed else 'no'})")
     for warning in bundle.manifest.get("warnings", []):

@@ -20,6 +20,7 @@ Exit codes:
   7  accuracy gate failed: quantization lost too much accuracy
   8  over budget: a benchmarked model exceeds the device's latency, RAM or size budget
   9  invalid bundle: tampered, incomplete, unsafe entry, bad or missing signature
+  10 target check failed: no runtime wheel for the device, or the bundle fails on the emulated device
 """
 
 
