@@ -13,6 +13,7 @@ from edgeops.bundle.archive import extract_bundle, read_bundle, verify_bundle, w
 from edgeops.bundle.manifest import BundleError, build_manifest, canonical_json, sha256_file, validate_manifest
 from edgeops.bundle.refstats import reference_stats
 from edgeops.errors import UsageError
+from helpers import assert_clean_error, run_cli
 
 pytest.importorskip("cryptography")
 from edgeops.bundle import signing  # noqa: E402
@@ -423,3 +424,18 @@ def test_main_maps_bundle_error_to_exit_9(tmp_path, model_file, reference, monke
     with pytest.raises(SystemExit) as exit_info:
         cli_main.main(["verify", str(path)])
     assert exit_info.value.code == 0
+
+
+def test_signed_bundle_without_cryptography(tmp_path, model_file, reference, keys):
+    """The agent's minimal install has no `cryptography`: with no trusted key, a signed bundle is
+    still usable (hashes checked, signature reported as unchecked); a trusted key demands the
+    package (exit 4); a tampered model is still caught by its hash."""
+    signed = make_bundle(tmp_path / "s.edgepkg", model_file, reference, sign_key=keys[0])
+    hide = "import sys; sys.modules['cryptography'] = None"
+    proc = run_cli("verify", signed, "--json", pre=hide)
+    assert proc.returncode == 0, proc.stderr
+    assert "not checked" in json.loads(proc.stdout)["signature"]
+    assert_clean_error(run_cli("verify", signed, "--key", keys[1], pre=hide), 4, "edgeops[sign]")
+    flip = lambda d: d[:-1] + bytes([d[-1] ^ 1])  # noqa: E731
+    bad = rewrite(signed, tmp_path / "bad.edgepkg", change={"model.onnx": flip})
+    assert_clean_error(run_cli("verify", bad, pre=hide), 9, "sha256")

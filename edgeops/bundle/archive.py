@@ -251,6 +251,13 @@ def _check_signature(path, zf, infos, manifest_bytes, trusted_key, require_signa
                           "the bundle was tampered with: do not use it")
     from . import signing
 
+    if trusted_key is None and not signing.available():
+        # A key that travels inside the bundle proves nothing about who signed it, and the
+        # file hashes are checked anyway; so a device with no trusted key configured and no
+        # `cryptography` (the agent's minimal install) serves the bundle and says so.
+        return VerifyResult(path, files, True, "present, not checked (no trusted key; 'cryptography' not installed)",
+                            None, False, ["signed, but the signature was not checked: configure a trusted key "
+                                          "and install 'edgeops[sign]' to check it"])
     signature = _read_entry(zf, infos[SIGNATURE_NAME], limit=64)
     info = _json_entry(zf, infos, SIGNATURE_INFO_NAME)
     if not isinstance(info, dict) or info.get("algorithm") != "ed25519" or len(signature) != 64:

@@ -16,6 +16,13 @@ from .manifest import BundleError
 PURPOSE = "signing and verifying bundles"
 
 
+def available() -> bool:
+    """Whether signatures can be checked here (the optional ``cryptography`` package)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cryptography") is not None
+
+
 def _crypto():
     require("cryptography", "cryptography", "sign", PURPOSE)
     from cryptography.hazmat.primitives import serialization
