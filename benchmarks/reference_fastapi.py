@@ -6,17 +6,17 @@ by name as lists. It validates less than the agent does (no reference-range or N
 
     python benchmarks/reference_fastapi.py MODEL.onnx --port 8000
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the handler's annotations at run
+# time, and a string "Request" would turn the parameter into a query field.
 import argparse
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 
 def make_app(model_path: str):
     import onnxruntime as ort
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
