@@ -225,14 +225,19 @@ def test_range_and_missing_rules_follow_the_reference(tmp_path):
         assert status == 200 and body["outputs"]["label"] is not None  # NaN output -> null, valid JSON
         status, body, _ = client.predict([[1, None, 2, 3], [1, 2, 3, 4]])
         assert status == 422 and body["reason"] == "missing" and "row 0 feature 'x[1]'" in body["error"]
-        status, body, _ = client.predict([[1, 2, 3, 4], [1, 2, 3, 25]])  # range [0, 10] -> accepted [-10, 20]
-        assert status == 422 and body["reason"] == "range" and "row 1 feature 'x[3]' = 25" in body["error"]
-        assert client.predict([[1, 2, 3, 19.5]])[0] == 200
+        status, body, _ = client.predict([[1, 2, 3, 4], [1, 2, 3, 45]])  # range [0, 10] -> accepted [-30, 40]
+        assert status == 422 and body["reason"] == "range" and "row 1 feature 'x[3]' = 45" in body["error"]
+        assert client.predict([[1, 2, 3, 39.5]])[0] == 200
         window = _close_and_read(agent, client)[-1]
         assert window["requests"]["rejected_reasons"] == {"missing": 1, "range": 1}
         violations = {f["name"]: f["violations"] for f in window["features"]}
         assert violations == {"x[0]": 0, "x[1]": 1, "x[2]": 0, "x[3]": 1}
         assert window["features"][0]["missing"] == 1 and window["requests"]["count"] == 2
+    with running_agent(bundle, tmp_path / "k", range_tolerance=1.0) as agent:  # accepted [-10, 20]
+        client = Client(agent.url)
+        assert client.predict([[1, 2, 3, 19.5]])[0] == 200
+        status, body, _ = client.predict([[1, 2, 3, 25]])
+        assert status == 422 and body["reason"] == "range" and "= 25" in body["error"]
     with running_agent(bundle, tmp_path / "w", range_check="warn") as agent:
         status, body, _ = Client(agent.url).predict([[1, 2, 3, 1000]])
         assert status == 200 and "x[3]" in body["warnings"][0]

@@ -64,6 +64,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("shadow_queue", "int", 64, "requests waiting for the shadow before new ones are dropped", "N"),
     Option("range_check", "|".join(RANGE_CHECKS), "reject",
            "values far outside the reference range: reject (422), warn, or off", "MODE"),
+    Option("range_tolerance", "float", 3.0, "how far is far: beyond min - K*w or max + K*w, w the "
+                                            "reference range's width", "K"),
     Option("max_body_bytes", "int", 1 << 20, "largest request body (413 beyond)", "BYTES"),
     Option("max_batch_rows", "int", 1024, "most rows in one request (413 beyond)", "N"),
     Option("max_connections", "int", 64, "concurrent connections (503 beyond)", "N"),
@@ -100,6 +102,7 @@ class AgentConfig:
     shadow: str | None = None
     shadow_queue: int = 64
     range_check: str = "reject"
+    range_tolerance: float = 3.0
     max_body_bytes: int = 1 << 20
     max_batch_rows: int = 1024
     max_connections: int = 64
@@ -247,7 +250,7 @@ def _finish(v: dict, env: Mapping[str, str]) -> AgentConfig:
 
 def _check_ranges(v: dict) -> None:
     checks = [("port", 0, 65535), ("telemetry_interval", 0.05, 86400.0), ("heartbeat_interval", 0.5, 86400.0),
-              ("buffer_max_windows", 1, 10_000_000), ("sample_rate", 0.0, 1.0), ("shadow_queue", 1, 100_000),
+              ("buffer_max_windows", 1, 10_000_000), ("sample_rate", 0.0, 1.0), ("range_tolerance", 0.0, 1e6), ("shadow_queue", 1, 100_000),
               ("max_body_bytes", 64, 1 << 30), ("max_batch_rows", 1, 10_000_000), ("max_connections", 1, 10_000),
               ("request_timeout", 0.1, 3600.0), ("flush_timeout", 0.0, 600.0),
               ("feedback_max_requests", 1, 10_000_000), ("split", 0.0, 1.0), ("threads", 1, 1024)]

@@ -145,7 +145,7 @@ class Agent:
 
     def _variant(self, bundle: LoadedBundle, role: str, telemetry: bool) -> Variant:
         c = self.config
-        validator = Validator(bundle.inputs, bundle.refstats, c.range_check, c.max_batch_rows)
+        validator = Validator(bundle.inputs, bundle.refstats, c.range_check, c.max_batch_rows, c.range_tolerance)
         stats = WindowStats(bundle.refstats, c.sample_rate) if telemetry else None
         return Variant(role, role, bundle, validator, stats)
 

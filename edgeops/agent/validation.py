@@ -6,8 +6,11 @@ loaded, so a request costs a handful of vectorised numpy operations.
 
 Order of the checks: body schema, shape (rank, fixed dimensions, rows), dtype (numbers vs text vs
 true/false), missing values (only where the reference had them), non-finite values, and values
-far outside the reference range: beyond [min - w, max + w] with w = max - min (the reference
-range's width; for a constant feature w = max(|value|, 1)).
+far outside the reference range: beyond [min - K*w, max + K*w] with w = max - min (the reference
+range's width; for a constant feature w = max(|value|, 1)) and K = --range-tolerance (default 3).
+K is generous on purpose: a reference sample's min and max understate the real range of sparse
+or heavy-tailed features (on scikit-learn's digits, K = 1 rejected 1 legitimate test row in 540),
+while a broken sensor or wrong units land far beyond it.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class _Input:
     describe: str
 
 
-def _input(spec: TensorSpec, refstats: dict) -> _Input:
+def _input(spec: TensorSpec, refstats: dict, tolerance: float = 3.0) -> _Input:
     dtype = object if spec.dtype == "str" else np.dtype(spec.dtype)
     kind = "s" if dtype is object else {"f": "f", "i": "i", "u": "i", "b": "b"}.get(dtype.kind, "f")
     rank = len(spec.shape)
@@ -70,13 +73,13 @@ def _input(spec: TensorSpec, refstats: dict) -> _Input:
     else:
         per = entries[:1] or [None]
         names = (str(per[0]["name"]) if per[0] else spec.name,)
-    lo, hi = _bounds(per) if kind in "fi" else (None, None)
+    lo, hi = _bounds(per, tolerance) if kind in "fi" else (None, None)
     allow = np.array([bool(f and (f.get("missing_fraction") or 0) > 0) for f in per], dtype=bool)
     shape = "[" + ",".join("?" if not isinstance(d, int) or d < 0 else str(d) for d in spec.shape) + "]"
     return _Input(spec.name, kind, dtype, rank, fixed, batch, columns, names, lo, hi, allow, f"{spec.dtype}{shape}")
 
 
-def _bounds(entries) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _bounds(entries, tolerance: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     lo = np.full(len(entries), -np.inf)
     hi = np.full(len(entries), np.inf)
     for j, f in enumerate(entries):
@@ -84,7 +87,7 @@ def _bounds(entries) -> tuple[np.ndarray | None, np.ndarray | None]:
             continue
         low, high = float(f["min"]), float(f["max"])
         width = high - low or max(abs(high), 1.0)
-        lo[j], hi[j] = low - width, high + width
+        lo[j], hi[j] = low - tolerance * width, high + tolerance * width
     if not (np.isfinite(lo).any() or np.isfinite(hi).any()):
         return None, None
     return lo, hi
@@ -94,8 +97,8 @@ class Validator:
     """Turns the JSON ``inputs`` of a request into model feeds, or raises Rejection."""
 
     def __init__(self, specs: tuple[TensorSpec, ...], refstats: dict | None, range_check: str = "reject",
-                 max_rows: int = 1024):
-        self.inputs = tuple(_input(s, refstats or {}) for s in specs)
+                 max_rows: int = 1024, range_tolerance: float = 3.0):
+        self.inputs = tuple(_input(s, refstats or {}, range_tolerance) for s in specs)
         self.names = tuple(i.name for i in self.inputs)
         self.range_check = range_check
         self.max_rows = max_rows
