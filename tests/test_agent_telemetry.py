@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -86,10 +88,53 @@ def test_bin_numeric_matches_numpy_histogram_including_edges():
     assert bin_numeric([1.0, 2.0], []).tolist() == [2]
 
 
-@pytest.mark.parametrize("broadcast_limit", [sketches._BROADCAST_LIMIT, 0])
-def test_window_counts_match_an_independent_computation(reference, monkeypatch, broadcast_limit):
-    # broadcast_limit 0 forces the per-column searchsorted path of big batches
-    monkeypatch.setattr(sketches, "_BROADCAST_LIMIT", broadcast_limit)
+def column_values(data, column):
+    """One refstats column of one request's array, read the way refstats reads it."""
+    data = np.asarray(data)
+    return data.reshape(-1) if column is None else data.reshape(len(data), -1)[:, column]
+
+
+def expected_counts(reference, requests):
+    """Independent of telemetry.py: np.histogram and the category rule over all requests' values.
+    Returns ([(counts, missing)] per feature, [counts] per output). Categories are concatenated as
+    Python objects: a value keeps the text it has in its own request."""
+    features, outputs = [], []
+    for ref in reference["features"]:
+        values = np.concatenate([column_values(f[ref["input"]], ref["column"]).astype(object)
+                                 for f, _ in requests])
+        features.append(histogram(values, ref["edges"]) if ref["kind"] == "numeric"
+                        else expected_categories(values, ref["categories"]))
+    for ref in reference["outputs"]:
+        if ref["kind"] == "numeric":
+            values = np.concatenate([column_values(o[ref["output"]], ref.get("column")) for _, o in requests])
+            outputs.append(histogram(values, ref["edges"])[0])
+        else:
+            argmax = ref["source"] == "argmax"
+            values = np.concatenate([np.argmax(o[ref["output"]], axis=1) if argmax
+                                     else np.asarray(o[ref["output"]], dtype=object) for _, o in requests])
+            outputs.append(expected_categories(values, ref["categories"])[0])
+    return features, outputs
+
+
+def assert_counts(body, reference, requests):
+    features, outputs = expected_counts(reference, requests)
+    for ref, got, (counts, missing) in zip(reference["features"], body["features"], features):
+        assert got["counts"] == counts, ref["name"]
+        assert got["missing"] == missing, ref["name"]
+    for ref, got, counts in zip(reference["outputs"], body["outputs"], outputs):
+        assert got["counts"] == counts, ref["name"]
+
+
+@pytest.mark.parametrize("compare_edges, batch_requests, batch_rows", [
+    (sketches._COMPARE_EDGES, telemetry.BATCH_REQUESTS, telemetry.BATCH_ROWS),
+    (0, telemetry.BATCH_REQUESTS, telemetry.BATCH_ROWS),  # the per-column searchsorted path (many edges)
+    (sketches._COMPARE_EDGES, 3, 20),  # batches binned mid-window; requests of >= 20 rows binned alone
+])
+def test_window_counts_match_an_independent_computation(reference, monkeypatch, compare_edges, batch_requests,
+                                                        batch_rows):
+    monkeypatch.setattr(sketches, "_COMPARE_EDGES", compare_edges)
+    monkeypatch.setattr(telemetry, "BATCH_REQUESTS", batch_requests)
+    monkeypatch.setattr(telemetry, "BATCH_ROWS", batch_rows)
     rng = np.random.default_rng(3)
     stats = WindowStats(reference)
     requests = []
@@ -109,47 +154,196 @@ def test_window_counts_match_an_independent_computation(reference, monkeypatch, 
         stats.record_request(feeds, outputs, latency_ms=1.0 + i)
     body = stats.snapshot_and_reset()
 
-    feeds_all = {k: np.concatenate([r[0][k] for r in requests]) for k in requests[0][0]}
-    outs_all = {k: np.concatenate([r[1][k] for r in requests]) for k in requests[0][1]}
     assert body["requests"]["count"] == len(requests)
     assert body["requests"]["rows"] == sum(len(r[0]["x"]) for r in requests)
+    assert sum(body["latency_ms"]["counts"]) == len(requests) and body["latency_ms"]["max"] == 8.0
     assert [(f["name"], f["input"], f["column"], f["kind"]) for f in body["features"]] == \
         [(f["name"], f["input"], f["column"], f["kind"]) for f in reference["features"]]
-    for ref, got in zip(reference["features"], body["features"]):
-        data = feeds_all[ref["input"]]
-        values = data.reshape(-1) if ref["column"] is None else data.reshape(len(data), -1)[:, ref["column"]]
-        if ref["kind"] == "numeric":
-            counts, missing = histogram(values, ref["edges"])
-        else:
-            counts, missing = expected_categories(values, ref["categories"])
-        assert got["counts"] == counts, ref["name"]
-        assert got["missing"] == missing, ref["name"]
-        assert got["violations"] == 0
+    assert [(o["name"], o["output"], o["column"], o["kind"]) for o in body["outputs"]] == \
+        [(o["name"], o["output"], o.get("column"), o["kind"]) for o in reference["outputs"]]
+    assert_counts(body, reference, requests)
+    assert all(f["violations"] == 0 for f in body["features"])
     by_name = {f["name"]: f for f in body["features"]}
     assert by_name["x[2]"]["missing"] > 0 and by_name["img"]["missing"] == 1
     assert by_name["colour"]["counts"][UNSEEN] == 1 and OTHER not in by_name["colour"]["counts"]
     assert by_name["city"]["counts"][OTHER] >= 1 and UNSEEN not in by_name["city"]["counts"]
     assert by_name["city"]["missing"] == 2
     assert by_name["scalar"]["column"] == 0  # refstats gives an [n, 1] input column 0
-
-    assert [(o["name"], o["output"], o["column"], o["kind"]) for o in body["outputs"]] == \
-        [(o["name"], o["output"], o.get("column"), o["kind"]) for o in reference["outputs"]]
-    for ref, got in zip(reference["outputs"], body["outputs"]):
-        data = outs_all[ref["output"]]
-        if ref["kind"] == "numeric":
-            column = ref.get("column")
-            values = data.reshape(-1) if column is None else data[:, column]
-            assert got["counts"] == histogram(values, ref["edges"])[0], ref["name"]
-        elif ref["source"] == "argmax":
-            assert got["counts"] == expected_categories(np.argmax(data, axis=1), ref["categories"])[0]
-        else:
-            assert got["counts"] == expected_categories(data, ref["categories"])[0]
     assert {o["name"]: o for o in body["outputs"]}["label"]["counts"][UNSEEN] == 1
 
     empty = stats.snapshot_and_reset()
     assert empty["requests"]["count"] == 0
     assert all(sum(f["counts"].values() if isinstance(f["counts"], dict) else f["counts"]) == 0
                for f in empty["features"] + empty["outputs"])
+
+
+def test_requests_of_other_shapes_and_dtypes_count_as_on_their_own(reference):
+    """Shapes and dtypes that differ between the requests of one batch must count as each request
+    would alone: other ranks of the same values, text and object categories, float and integer
+    labels (stacked), then an extra column (no common 2-D shape: binned one request at a time)."""
+    rng = np.random.default_rng(11)
+    stats = WindowStats(reference)
+    mixed = [make_data(rng, n) for n in (2, 5, 1)]
+    feeds, outputs = mixed[1]
+    feeds["img"] = feeds["img"].reshape(5, 36)
+    feeds["x"] = feeds["x"].reshape(5, 2, 2)
+    feeds["colour"] = feeds["colour"].astype(object)
+    outputs["label"] = outputs["label"].astype(np.float64)  # class 2.0 is "2.0": unseen
+    outputs["probs"] = outputs["probs"].astype(np.float64)
+    for request in mixed:
+        stats.record_request(*request, 1.0)
+    body = stats.snapshot_and_reset()
+    assert body["requests"]["rows"] == 8
+    assert_counts(body, reference, mixed)
+    assert next(o for o in body["outputs"] if o["name"] == "label")["counts"][UNSEEN] == 5
+
+    wider = [make_data(rng, 3), make_data(rng, 4)]
+    wider[1][0]["x"] = np.concatenate([wider[1][0]["x"], rng.normal(size=(4, 1))], axis=1)  # not in refstats
+    for request in wider:
+        stats.record_request(*request, 1.0)
+    body = stats.snapshot_and_reset()
+    assert_counts(body, reference, wider)
+    x0 = next(f for f in body["features"] if f["name"] == "x[0]")
+    assert sum(x0["counts"]) == 7 and stats.unbinned_requests == 0
+
+
+def test_a_request_that_cannot_be_binned_leaves_only_itself_out(reference, monkeypatch):
+    monkeypatch.setattr(telemetry, "BATCH_REQUESTS", 3)
+    rng = np.random.default_rng(12)
+    stats = WindowStats(reference)
+    good = [make_data(rng, 2), make_data(rng, 3), make_data(rng, 4)]
+    bad_feeds, bad_outputs = make_data(rng, 1)
+    bad_feeds["x"] = np.array([["a", "b", "c", "d"]])  # text where the reference is numeric
+    stats.record_request(*good[0], 1.0)
+    stats.record_request(bad_feeds, bad_outputs, 1.0)
+    with pytest.raises(DataError, match="1 request"):  # this call bins the batch: the error surfaces here
+        stats.record_request(*good[1], 1.0)
+    stats.record_request(*good[2], 1.0)
+    body = stats.snapshot_and_reset()
+    assert body["requests"]["count"] == 4 and stats.unbinned_requests == 1
+    assert_counts(body, reference, good)
+
+
+def test_pending_requests_are_bounded(reference, monkeypatch):
+    monkeypatch.setattr(telemetry, "BATCH_BYTES", 128 * 1024)
+    rng = np.random.default_rng(13)
+    stats = WindowStats(reference)
+    small = make_data(rng, 1)
+    for i in range(1, telemetry.BATCH_REQUESTS):
+        stats.record_request(*small, 1.0)
+        assert len(stats._window.pending) == i
+    stats.record_request(*small, 1.0)  # the threshold: all pending requests are binned
+    assert stats._window.pending == [] and stats._window.pending_rows == 0
+    stats.record_request(*make_data(rng, telemetry.BATCH_ROWS), 1.0)  # enough rows alone: binned at once
+    assert stats._window.pending == []
+    wide = make_data(rng, 2)
+    wide[0]["img"] = rng.random((2, 1, 100, 100))  # 160 kB > BATCH_BYTES: binned at once
+    stats.record_request(*wide, 1.0)
+    assert stats._window.pending == []
+    for _ in range(3):
+        stats.record_request(*make_data(rng, 300), 1.0)  # 900 rows pending would exceed BATCH_ROWS
+        assert stats._window.pending_rows < telemetry.BATCH_ROWS
+    body = stats.snapshot_and_reset()
+    assert body["requests"]["count"] == telemetry.BATCH_REQUESTS + 5
+    x2 = next(f for f in body["features"] if f["name"] == "x[2]")
+    assert sum(x2["counts"]) + x2["missing"] == body["requests"]["rows"]
+
+
+def test_snapshot_waits_for_a_batch_another_thread_is_binning(reference, monkeypatch):
+    """A batch taken from the window before the swap must land in that window's snapshot."""
+    monkeypatch.setattr(telemetry, "BATCH_REQUESTS", 4)
+    rng = np.random.default_rng(14)
+    stats = WindowStats(reference)
+    entered, release = threading.Event(), threading.Event()
+    count = stats._plan.count
+
+    def held_count(batch):  # the real binning; the recorder's batch is held so the snapshot overlaps it
+        if len(batch) == 4:
+            entered.set()
+            release.wait(30)
+        return count(batch)
+
+    monkeypatch.setattr(stats._plan, "count", held_count)
+    requests = [make_data(rng, 2) for _ in range(4)]
+    for r in requests[:3]:
+        stats.record_request(*r, 1.0)
+    recorder = threading.Thread(target=stats.record_request, args=(*requests[3], 1.0))
+    recorder.start()
+    assert entered.wait(30)
+    bodies = []
+    taker = threading.Thread(target=lambda: bodies.append(stats.snapshot_and_reset()))
+    taker.start()
+    taker.join(0.5)
+    assert taker.is_alive() and not bodies  # held: the batch of its window is still being binned
+    release.set()
+    recorder.join(30)
+    taker.join(30)
+    assert len(bodies) == 1 and bodies[0]["requests"]["count"] == 4
+    assert_counts(bodies[0], reference, requests)
+    assert stats.snapshot_and_reset()["requests"]["count"] == 0
+
+
+def test_concurrent_records_and_snapshots_sum_to_the_direct_computation(reference, monkeypatch):
+    """Several threads record distinct requests while batches are binned mid-window and another thread
+    keeps snapshotting: every request is counted once, wholly in one window."""
+    monkeypatch.setattr(telemetry, "BATCH_REQUESTS", 7)
+    monkeypatch.setattr(telemetry, "BATCH_ROWS", 25)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: batches and swaps interleave in many ways
+    try:
+        threads_n, per_thread = 4, 150
+        data = [[make_data(np.random.default_rng(100 * t + i), 1 + (i % 4)) for i in range(per_thread)]
+                for t in range(threads_n)]
+        stats = WindowStats(reference)
+        snapshots, done = [], threading.Event()
+
+        def worker(t):
+            for i, (feeds, outputs) in enumerate(data[t]):
+                stats.record_request(feeds, outputs, 0.2 + (i % 7))
+
+        def snapshotter():
+            while not done.is_set():
+                snapshots.append(stats.snapshot_and_reset())
+
+        taker = threading.Thread(target=snapshotter)
+        taker.start()
+        workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        done.set()
+        taker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    snapshots.append(stats.snapshot_and_reset())
+    requests = [r for rows in data for r in rows]
+    assert len(snapshots) > 2
+    assert sum(s["requests"]["count"] for s in snapshots) == len(requests)
+    assert sum(s["requests"]["rows"] for s in snapshots) == sum(len(f["x"]) for f, _ in requests)
+    for s in snapshots:  # each window holds whole requests: its counts match its own request/row totals
+        assert sum(s["latency_ms"]["counts"]) == s["requests"]["count"]
+        x2 = next(f for f in s["features"] if f["name"] == "x[2]")
+        assert sum(x2["counts"]) + x2["missing"] == s["requests"]["rows"]
+    summed = {"requests": {"count": 0}, "features": [], "outputs": []}
+    for index, ref in enumerate(reference["features"]):
+        parts = [s["features"][index] for s in snapshots]
+        counts = (np.sum([p["counts"] for p in parts], axis=0).tolist() if ref["kind"] == "numeric"
+                  else dict(sum((Counter(p["counts"]) for p in parts), Counter())))
+        summed["features"].append({"counts": counts, "missing": sum(p["missing"] for p in parts)})
+    for index, ref in enumerate(reference["outputs"]):
+        parts = [s["outputs"][index]["counts"] for s in snapshots]
+        summed["outputs"].append({"counts": np.sum(parts, axis=0).tolist() if ref["kind"] == "numeric"
+                                  else dict(sum((Counter(p) for p in parts), Counter()))})
+    features, outputs = expected_counts(reference, requests)
+    for ref, got, (counts, missing) in zip(reference["features"], summed["features"], features):
+        if ref["kind"] == "categorical":  # a window's dict has every reference category, zeros included
+            counts = {k: v for k, v in counts.items() if v}
+        assert got["counts"] == counts and got["missing"] == missing, ref["name"]
+    for ref, got, counts in zip(reference["outputs"], summed["outputs"], outputs):
+        if ref["kind"] == "labels":
+            counts = {k: v for k, v in counts.items() if v}
+        assert got["counts"] == counts, ref["name"]
 
 
 def test_count_categories_other_and_unseen_rule():

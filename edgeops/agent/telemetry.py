@@ -3,14 +3,13 @@
 The wire format is docs/telemetry.md. Counts are binned on the bundle's reference statistics
 (edgeops/bundle/refstats.py) so the fleet monitor can compare them bin by bin.
 
-``record_request`` sits on the request path, so the refstats entries are compiled once into arrays:
-a request costs a few numpy calls per input, not one per feature. Increments are computed outside
-the lock and added under it, so ``snapshot_and_reset`` only swaps the window object: a request
-lands wholly in one window, never in two or none.
+``record_request`` sits on the request path, where even a few numpy calls cost more than the rest
+of a 1-row request. So it only keeps references to the request's arrays in its window's pending
+list (O(1) Python under the lock); the binning runs over many requests at once (sketches._Plan.count
+stacks them per input) when the pending list reaches a threshold, and at ``snapshot_and_reset``.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import random
@@ -22,28 +21,33 @@ import numpy as np
 from edgeops.bundle.refstats import category_key  # the reference's own text form of a category
 from edgeops.errors import DataError
 
-# bin_numeric, count_categories, prediction_values, OTHER, UNSEEN are part of this module's API (contract A).
-from .sketches import OTHER, UNSEEN, _Plan, bin_numeric, count_categories, prediction_values  # noqa: F401
+# bin_numeric, count_categories, prediction_values, OTHER, UNSEEN, LATENCY_BUCKETS_MS are part of this
+# module's API (contract A).
+from .sketches import (LATENCY_BUCKETS_MS, MAX_LATENCIES, OTHER, UNSEEN, LatencySketch, _Plan,  # noqa: F401
+                       bin_numeric, count_categories, prediction_values)
 
-LATENCY_BUCKETS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
-                                         5000, 10000)
 REJECT_REASONS = ("shape", "dtype", "missing", "nonfinite", "range", "schema")
 SCHEMA_VERSION = 1
-MAX_LATENCIES = 10_000  # exact percentiles up to this many requests, a uniform reservoir beyond
 MAX_SAMPLES = 20
 SYSTEM_KEYS = ("cpu_percent", "rss_bytes", "temperature_c", "load1")
+# A window's pending requests are binned together once they reach any of these. Rows and requests
+# amortize the numpy calls (a 256-request batch costs about what 3 single requests did); bytes bound
+# the memory the pending references keep alive (large rows, e.g. images, flush early). A request
+# alone at the row or byte limit is binned at once, by itself.
+BATCH_ROWS = 512
+BATCH_REQUESTS = 256
+BATCH_BYTES = 4 << 20
 
 
 class _Window:
-    __slots__ = ("requests", "rows", "errors", "rejected", "reasons", "lat_counts", "lat_sum", "lat_max",
-                 "lat_values", "lat_seen", "num", "num_missing", "cat", "cat_missing", "violations",
-                 "feedback", "labelled", "correct", "abs_sum", "sq_sum", "samples", "samples_seen")
+    __slots__ = ("requests", "rows", "errors", "rejected", "reasons", "latency", "num", "num_missing", "cat",
+                 "cat_missing", "violations", "feedback", "labelled", "correct", "abs_sum", "sq_sum", "samples",
+                 "samples_seen", "pending", "pending_latency", "pending_rows", "pending_bytes", "binning")
 
     def __init__(self, plan: _Plan):
         self.requests = self.rows = self.errors = self.rejected = 0
         self.reasons: Counter = Counter()
-        self.lat_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-        self.lat_sum, self.lat_max, self.lat_values, self.lat_seen = 0.0, None, [], 0
+        self.latency = LatencySketch()
         self.num = [np.zeros(g.width * len(g.sizes), dtype=np.int64) for g in plan.groups]
         self.num_missing = [np.zeros(len(g.sizes), dtype=np.int64) for g in plan.groups]
         self.cat = [Counter() for _ in plan.slots]
@@ -52,10 +56,23 @@ class _Window:
         self.feedback, self.labelled, self.correct, self.abs_sum, self.sq_sum = False, 0, 0, 0.0, 0.0
         self.samples: list = []
         self.samples_seen = 0
+        # Recorded, not yet binned: (feeds, outputs) and latencies, in step; the batches being binned
+        # right now by other threads (taken from this window, to be added to it).
+        self.pending: list[tuple[dict, dict]] = []
+        self.pending_latency: list[float] = []
+        self.pending_rows = self.pending_bytes = self.binning = 0
 
 
 class WindowStats:
-    """One variant's statistics for the current window; every method is thread-safe."""
+    """One variant's statistics for the current window; every method is thread-safe.
+
+    Every change to a window happens under ``_lock``; binning happens outside it. A batch taken for
+    binning stays attributed to the window it was recorded in (``_Window.binning`` counts such
+    batches in flight) and is added to that same window, even if a snapshot swapped it out
+    meanwhile: ``snapshot_and_reset`` swaps the window, then waits on ``_done`` (a Condition on the
+    same lock) until no batch of the old window is in flight, so a request lands wholly in exactly
+    one window, never two or none. The wait is short: at most one batch's binning.
+    """
 
     def __init__(self, refstats: dict, sample_rate: float = 0.0, seed: int | None = None):
         if not 0.0 <= float(sample_rate) <= 1.0:
@@ -68,43 +85,55 @@ class WindowStats:
         self._random = random.Random(seed)
         self._generator = np.random.default_rng(seed)
         self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
         self._window = _Window(self._plan)
+        self.unbinned_requests = 0  # requests whose values could not be binned (left out of the counts)
 
     def record_request(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
                        latency_ms: float) -> None:
-        """One answered request: accepted inputs (batch on axis 0), the model's outputs, its latency."""
-        rows = max((np.shape(v)[0] if np.ndim(v) else 1 for v in feeds.values()), default=0)
-        num = []
-        for g, group in enumerate(self._plan.groups):
-            array = (outputs if group.is_output else feeds).get(group.source)
-            if array is not None:
-                num.append((g, *group.counts(np.asarray(array))))
-        cat = []
-        for s, slot in enumerate(self._plan.slots):
-            array = (outputs if slot.is_output else feeds).get(slot.source)
-            if array is not None:
-                cat.append((s, *slot.counts(np.asarray(array))))
+        """One answered request: accepted inputs (batch on axis 0), the model's outputs, its latency.
+
+        The arrays are kept by reference until the window bins them: the caller must not change
+        them afterwards. Raises DataError when a batch this call bins held values that cannot be
+        binned (those requests are left out of the counts; the rest of the batch counts)."""
+        latency = float(latency_ms)
+        rows = size = 0
+        for array in feeds.values():
+            shape = array.shape if isinstance(array, np.ndarray) else np.shape(array)
+            n = shape[0] if shape else 1
+            rows = n if n > rows else rows
+            size += array.nbytes if isinstance(array, np.ndarray) else 0
+        for array in outputs.values():
+            size += array.nbytes if isinstance(array, np.ndarray) else 0
         picked = self._pick_samples(feeds, rows) if self._sample_rate > 0.0 else ()
         with self._lock:
             w = self._window
             w.requests += 1
             w.rows += rows
-            self._add_latency(w, latency_ms)
-            for g, counts, missing in num:
-                w.num[g] += counts
-                if missing is not None:
-                    w.num_missing[g] += missing
-            for s, counts, missing in cat:
-                w.cat[s].update(counts)
-                w.cat_missing[s] += missing
             for row in picked:
-                w.samples_seen += 1  # reservoir over the sampled rows: uniform over the window
-                if len(w.samples) < MAX_SAMPLES:
-                    w.samples.append(row)
-                else:
-                    j = self._random.randrange(w.samples_seen)
-                    if j < MAX_SAMPLES:
-                        w.samples[j] = row
+                self._add_sample(w, row)
+            if rows >= BATCH_ROWS or size >= BATCH_BYTES:
+                batch, latencies = [(feeds, outputs)], [latency]  # big enough alone: no stacking copy
+            else:
+                w.pending.append((feeds, outputs))
+                w.pending_latency.append(latency)
+                w.pending_rows += rows
+                w.pending_bytes += size
+                if (w.pending_rows < BATCH_ROWS and len(w.pending) < BATCH_REQUESTS
+                        and w.pending_bytes < BATCH_BYTES):
+                    return
+                batch, latencies = w.pending, w.pending_latency
+                w.pending, w.pending_latency, w.pending_rows, w.pending_bytes = [], [], 0, 0
+            w.binning += 1
+        try:
+            errors = self._bin(w, batch, latencies)
+        finally:
+            with self._done:
+                w.binning -= 1
+                self._done.notify_all()
+        if errors:
+            raise DataError(f"{len(errors)} request(s) could not be binned for telemetry: {errors[0]}",
+                            "check that the bundle's reference statistics match the model's inputs")
 
     def record_rejection(self, reason: str, features: tuple[str, ...] = ()) -> None:
         """A request refused by validation; ``features`` names the refstats features that broke a rule."""
@@ -121,7 +150,7 @@ class WindowStats:
         with self._lock:
             self._window.errors += 1
             if latency_ms is not None:
-                self._add_latency(self._window, latency_ms)
+                self._window.latency.add([float(latency_ms)], self._generator)
 
     def record_feedback(self, predicted: list, actual: list) -> None:
         """Ground truth for earlier predictions; pairs with a missing side are skipped."""
@@ -151,27 +180,44 @@ class WindowStats:
             w.sq_sum += sq_sum
 
     def snapshot_and_reset(self) -> dict:
-        """The window's body as in docs/telemetry.md; a new empty window starts."""
+        """The window's body as in docs/telemetry.md; a new empty window starts.
+
+        Costs O(features + buckets) plus binning the pending requests (bounded by BATCH_*)."""
         fresh = _Window(self._plan)
-        with self._lock:
+        with self._done:
             w, self._window = self._window, fresh
+            while w.binning:  # batches of w other threads are binning: they add to w, then notify
+                self._done.wait()
+            batch, latencies = w.pending, w.pending_latency
+            w.pending, w.pending_latency, w.pending_rows, w.pending_bytes = [], [], 0, 0
+        # w is out of every other thread's reach now: no one records into it or bins for it.
+        self._bin(w, batch, latencies)
         return self._render(w)
 
-    def _add_latency(self, w: _Window, latency_ms) -> None:
-        value = float(latency_ms)
-        if not math.isfinite(value):
-            return
-        value = max(value, 0.0)
-        w.lat_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1  # <= buckets[i], > buckets[i-1]
-        w.lat_sum += value
-        w.lat_max = value if w.lat_max is None else max(w.lat_max, value)
-        w.lat_seen += 1
-        if len(w.lat_values) < MAX_LATENCIES:
-            w.lat_values.append(value)
+    def _bin(self, w: _Window, batch: list[tuple[dict, dict]], latencies: list[float]) -> list[str]:
+        """Bin a batch taken from w (outside the lock) and add it to w (under it); returns the errors
+        of requests left out."""
+        num, cat, errors = self._plan.count(batch) if self._plan.groups or self._plan.slots else ([], [], [])
+        with self._lock:
+            w.latency.add(latencies, self._generator)
+            for g, counts, missing in num:
+                w.num[g] += counts
+                if missing is not None:
+                    w.num_missing[g] += missing
+            for s, counts, missing in cat:
+                w.cat[s].update(counts)
+                w.cat_missing[s] += missing
+            self.unbinned_requests += len(errors)
+        return errors
+
+    def _add_sample(self, w: _Window, row: dict) -> None:
+        w.samples_seen += 1  # reservoir over the sampled rows: uniform over the window
+        if len(w.samples) < MAX_SAMPLES:
+            w.samples.append(row)
         else:
-            j = self._random.randrange(w.lat_seen)
-            if j < MAX_LATENCIES:
-                w.lat_values[j] = value
+            j = self._random.randrange(w.samples_seen)
+            if j < MAX_SAMPLES:
+                w.samples[j] = row
 
     def _pick_samples(self, feeds: dict, rows: int) -> list[dict]:
         picked = np.flatnonzero(self._generator.random(rows) < self._sample_rate).tolist()
@@ -205,7 +251,7 @@ class WindowStats:
         body = {
             "requests": {"count": w.requests, "rows": w.rows, "errors": w.errors, "rejected": w.rejected,
                          "rejected_reasons": dict(sorted(w.reasons.items()))},
-            "latency_ms": _latency(w),
+            "latency_ms": w.latency.render(),
             "features": features,
             "outputs": outputs,
             "accuracy": _accuracy(w, self._feedback_kind),
@@ -213,17 +259,6 @@ class WindowStats:
         if self._sample_rate > 0.0:
             body["samples"] = {"rate": self._sample_rate, "rows": list(w.samples)}
         return body
-
-
-def _latency(w: _Window) -> dict:
-    out = {"buckets": list(LATENCY_BUCKETS_MS), "counts": list(w.lat_counts), "count": w.lat_seen,
-           "sum": w.lat_sum, "max": w.lat_max}
-    if w.lat_values:
-        p50, p90, p95, p99 = np.percentile(np.asarray(w.lat_values), (50, 90, 95, 99)).tolist()
-        out.update({"p50": p50, "p90": p90, "p95": p95, "p99": p99})
-    else:
-        out.update({"p50": None, "p90": None, "p95": None, "p99": None})
-    return out
 
 
 def _accuracy(w: _Window, kind: str) -> dict | None:
