@@ -21,6 +21,9 @@ SUITE = [
     ("quantize_speed", [], ["--min-runs", "50", "--min-seconds", "0.5", "--threads", "1"]),
     ("startup_time", ["--repeat", "10"], ["--repeat", "3"]),
     ("estimate_error", [], []),
+    ("agent_http", ["--rounds", "3"], ["--rounds", "1", "--duration", "2", "--requests", "500"]),
+    ("monitor_ingest", [], ["--messages", "5000"]),
+    ("drift_false_alarms", [], ["--quick"]),
 ]
 
 
