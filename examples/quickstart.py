@@ -1,7 +1,7 @@
 """The edgeops quickstart: train small models on scikit-learn's digits data, then take each
 through the toolchain for a Raspberry Pi 4, printing every command and its report.
 
-    python examples/quickstart.py [--out DIR] [--skip-torch] [--skip-keras]
+    python examples/quickstart.py [--out DIR] [--skip-torch] [--skip-keras] [--skip-fleet]
 
 Everything is written under --out (default: ./example). Each step is the real `edgeops`
 command a user would type; the script stops at the first one that fails.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def sklearn_part(out: Path, data) -> None:
           f"{model.score(X_test, y_test):.3f}")
     joblib.dump(model, out / "digits_mlp.joblib")
     np.savez(out / "digits_calibration.npz", input=X_train[:200])
+    np.savez(out / "digits_train.npz", input=X_train)  # the reference statistics for drift monitoring
     np.savez(out / "digits_eval.npz", input=X_test, labels=y_test)
     run("convert", out / "digits_mlp.joblib", "--to", "onnx", "-o", out / "digits_mlp.onnx",
         "--sample-input", out / "digits_eval.npz", "--device", DEVICE)
@@ -78,7 +80,7 @@ def package_part(out: Path) -> None:
         run("keygen", "--out-private", key, "--out-public", pub)
     run("package", out / "digits_mlp.joblib", "--device", DEVICE, "-o", out / "digits_mlp.edgepkg",
         "--quantize", "auto", "--calibration", out / "digits_calibration.npz", "--eval", out / "digits_eval.npz",
-        "--sample-input", out / "digits_eval.npz", "--reference", out / "digits_calibration.npz",
+        "--sample-input", out / "digits_eval.npz", "--reference", out / "digits_train.npz",
         "--sign-key", key)
     run("verify", out / "digits_mlp.edgepkg", "--key", pub)
 
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--out", default="example", help="output directory (default: ./example)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-keras", action="store_true")
+    parser.add_argument("--skip-fleet", action="store_true", help="do not start the agents and the monitor")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,13 @@ def main() -> None:
     sklearn_part(out, data)
     benchmark_part(out)
     package_part(out)
+    if not args.skip_fleet:
+        if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+            from fleet_part import fleet_part  # examples/fleet_part.py
+
+            fleet_part(out, data, out / "digits_mlp.edgepkg", out / "signing.pub")
+        else:
+            print("\n(skipping the fleet part: it needs Mosquitto; apt-get install mosquitto)")
     if not args.skip_torch:
         torch_part(out, data)
     if not args.skip_keras:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses (idempotent; installs only what is missing):
+# Debian packages the test suite uses (idempotent; installs only what is missing; needs root or sudo):
 #   mosquitto, mosquitto-clients  a real MQTT broker and mosquitto_sub for the agent/monitor tests
 #   chromium                      the real headless browser for the dashboard test
 #   qemu-user-static, debootstrap the emulated aarch64 root filesystem of `edgeops verify --target`
 #   wrk                           the HTTP load generator of benchmarks/agent_http.py
 set -euo pipefail
-want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap debian-archive-keyring wrk)
+# With arguments, only those packages (the demo needs only mosquitto).
+if [ $# -gt 0 ]; then want=("$@"); else
+  want=(mosquitto mosquitto-clients chromium qemu-user-static debootstrap debian-archive-keyring wrk)
+fi
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
