@@ -145,6 +145,16 @@ def test_one_broken_device_among_many_is_local(reference):
     assert result.tests == 40 * 7 + 7
 
 
+def test_in_a_fleet_of_two_the_device_that_drifts_alone_is_local(reference):
+    # Half of a two-device fleet is not "most of the fleet": the end-to-end case.
+    rng = np.random.default_rng(12)
+    current = fleet(reference, rng, devices=2, rows=(2000, 2000), shifts={("dev001", "temp"): 1.0})
+    result = evaluate_fleet(reference, current, DetectorConfig())
+    assert {k for k in drifted_keys(result) if k[0] != FLEET} == {("dev001", "temp")}
+    assert result.scope[("dev001", "temp")] == "device"
+    assert all(result.scope[k] == "device" for k in drifted_keys(result))
+
+
 def test_fleet_wide_drift_is_fleet(reference):
     rng = np.random.default_rng(6)
     shifts = {(f"dev{d:03d}", "level"): 0.6 for d in range(40)}

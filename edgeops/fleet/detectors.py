@@ -7,8 +7,8 @@ much as misses. One evaluation:
 2. Benjamini-Hochberg at ``alpha`` across all of those tests together;
 3. a test counts as drift only if BH keeps it AND its PSI reaches ``min_psi``: with thousands of
    rows a test finds differences nobody needs to act on;
-4. each drift is scoped "fleet" (>= ``fleet_fraction`` of the tested devices drift on that
-   feature, or the device does not differ from the rest of the fleet) or "device" (it differs
+4. each drift is scoped "fleet" (at least two devices and >= ``fleet_fraction`` of the tested
+   devices drift on that feature, or the device does not differ from the rest of the fleet) or "device" (it differs
    from the reference AND from its peers: a broken sensor, a different site);
 5. Hysteresis turns the per-evaluation verdicts into alerts (raise after ``enter_after``
    consecutive drifted evaluations, clear after ``exit_after`` clean ones).
@@ -243,7 +243,10 @@ def evaluate_fleet(reference: dict, current: dict[str, dict[str, object]],
         testing = [d for d in tested if name in tested[d]]
         drifting = [d for d in testing if tested[d][name].drifted]
         for device in drifting:
-            wide = len(drifting) >= config.fleet_fraction * len(testing) or not _breaks_away(
+            # One device is never "most of the fleet": in a fleet of two, the one that drifts
+            # alone is local (the test case: only that device is flagged).
+            many = len(drifting) >= 2 and len(drifting) >= config.fleet_fraction * len(testing)
+            wide = many or not _breaks_away(
                 entries[name], _subtract(aggregate[name], current[device][name]), current[device][name],
                 rows_of[device], config)
             scope[(device, name)] = "fleet" if wide else "device"
