@@ -133,13 +133,13 @@ def fleet_part(out: Path, data, bundle: Path, public_key: Path) -> None:
         def flagged():
             rows = {d["device_id"]: d for d in fleet_status(db)}
             garage = rows.get(DEVICES[1], {})
-            return rows if (garage.get("drift") or {}).get("flag") else None
+            return rows if (garage.get("drift") or {}).get("drifted") else None
 
         rows = wait_for(flagged, "the monitor to flag the drift", monitor, monitor_log, timeout=120)
         for device in DEVICES:
             d = rows.get(device, {})
             top = ", ".join(f["feature"] if isinstance(f, dict) else str(f) for f in d.get("top_features", [])[:5])
-            print(f"{device}: drift {'YES' if (d.get('drift') or {}).get('flag') else 'no'}"
+            print(f"{device}: drift {'YES' if (d.get('drift') or {}).get('drifted') else 'no'}"
                   + (f" (top features: {top})" if top else ""))
         print(f"\n$ edgeops fleet status --db {db}", flush=True)
         subprocess.run([sys.executable, "-m", "edgeops.cli.main", "fleet", "status", "--db", str(db)])
