@@ -1,0 +1,333 @@
+"""The monitor's evaluator: drift per device, per bundle (model version) and fleet-wide; alerts.
+
+Every ``evaluate_interval`` seconds it sums the in-memory counts of the horizon (horizon.py),
+and for each bundle with reference statistics runs detectors.evaluate_fleet on the input
+features and on the outputs (prediction drift). Latency, error rate and accuracy are compared
+with a baseline (signals.py): the device's own first horizon with enough traffic, kept in the
+store; for accuracy the bundle manifest's evaluation accuracy when it has one.
+
+Alerts are deduplicated with detectors.Hysteresis (state in the store, so a restart neither
+repeats nor forgets an alert): one "raised" alert when a condition holds for ``enter_after``
+evaluations, one "cleared" when it has been gone for ``exit_after``. Drift of a feature on a
+minority of devices alerts per device; drift that the detector classifies as fleet-wide alerts
+once, for the device id ``__fleet__``.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import signals
+from .alerts import FLEET, build_alert
+from .detectors import ROWS as ROWS_KEY
+from .detectors import DetectorConfig, FeatureDrift, Hysteresis, evaluate_fleet
+from .parsing import ignore_interrupts
+from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
+from .store import open_store
+
+OUTPUT_PREFIX = "output:"  # drift rows of model outputs (prediction drift) are named output:NAME
+TOP_FEATURES = 5
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    evaluate_interval: float = 60.0
+    horizon_s: float = 900.0
+    stale_after: float = 180.0
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    separate_process: bool = True  # run evaluate_fleet in a child process (another core)
+
+
+class Evaluator:
+    def __init__(self, monitor, config: EvaluatorConfig):
+        self.monitor = monitor
+        self.config = config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.store = None
+        det = config.detector
+        self.hysteresis: Hysteresis | None = None
+        self.stale = None
+        self.baselines: dict = {}
+        self.evaluations = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._enter, self._exit = det.enter_after, det.exit_after
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="monitor-evaluate", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop; an evaluation still running in the child process is abandoned, not awaited."""
+        self._stop.set()
+        pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        self.store = open_store(self.monitor.config.db_url)
+        if self.config.separate_process:
+            # The statistics of a large fleet (tens of thousands of tests) take seconds of CPU:
+            # in a child process they use another core instead of holding the GIL that
+            # ingestion needs. "spawn": forking a process that runs threads is unsafe.
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_evaluation_process)
+        try:
+            while not self._stop.wait(self.config.evaluate_interval):
+                try:
+                    self.evaluate_once()
+                except Exception as exc:  # noqa: BLE001 - one failed evaluation must not end all later ones
+                    self.monitor.log(f"error: drift evaluation failed: {type(exc).__name__}: {exc}")
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self.store.close()
+
+    def _evaluate_fleet(self, refstats: dict, current: dict):
+        """detectors.evaluate_fleet, in the child process if there is one; None when stopping."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(evaluate_fleet, refstats, current, self.config.detector).result()
+            except (BrokenProcessPool, RuntimeError, OSError, CancelledError) as exc:
+                if self._stop.is_set():
+                    return None
+                self.monitor.log(f"the drift evaluation process failed ({type(exc).__name__}): evaluating in the "
+                                 "monitor process from now on")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+        return evaluate_fleet(refstats, current, self.config.detector)
+
+    def _load_state(self) -> None:
+        if self.hysteresis is None:
+            self.hysteresis = Hysteresis(self._enter, self._exit, self.store.get_state("hysteresis"))
+            self.stale = Hysteresis(1, 1, self.store.get_state("stale"))
+            self.baselines = self.store.get_state("baselines") or {}
+
+    def evaluate_once(self, now: float | None = None) -> list[dict]:
+        """One evaluation; returns the alerts it sent."""
+        self._load_state()
+        now = time.time() if now is None else now
+        monitor = self.monitor
+        with monitor.lock:
+            totals = monitor.horizon.totals(now)
+            layouts = dict(monitor.layouts)
+        rows: list[dict] = []
+        conditions: dict[str, tuple[bool, dict]] = {}
+        signals_by_key: dict[str, tuple] = {}
+        for bundle_id, devices in totals.items():
+            ref, layout = monitor.reference(bundle_id, self.store), layouts.get(bundle_id)
+            if ref is None or layout is None:
+                continue
+            self._distribution(ref, layout, devices, rows, conditions)
+            for device_id, (_, extras) in devices.items():
+                self._operational(ref, device_id, extras, signals_by_key)
+        self._signal_conditions(signals_by_key, rows, conditions)
+        alerts = self._update(conditions, totals, now)
+        alerts += self._liveness(now)
+        if rows:
+            self.store.save_drift(now, rows)
+        self.store.set_state("hysteresis", self.hysteresis.to_dict())
+        self.store.set_state("stale", self.stale.to_dict())
+        self.store.set_state("baselines", self.baselines)
+        self.evaluations += 1
+        return alerts
+
+    # -- distributions (features, outputs) ---------------------------------------------------
+
+    def _distribution(self, ref, layout, devices, rows, conditions) -> None:
+        """Input drift and prediction drift (outputs) of one bundle, in one BH family."""
+        feature_names = set(layout.split(np.zeros(layout.size, dtype=np.int64), "features"))
+        current = {}
+        for device_id, (counts, extras) in devices.items():
+            entry = layout.split(counts, "features")
+            for name, value in layout.split(counts, "outputs").items():
+                # detectors.reference_entries' naming: an output named like a feature is output:NAME
+                entry[OUTPUT_PREFIX + name if name in feature_names else name] = value
+            entry[ROWS_KEY] = int(extras[ROWS])
+            current[device_id] = entry
+        result = self._evaluate_fleet(ref.refstats, current)
+        if result is None:
+            return
+        bundle = ref.bundle()
+        skipped = set(result.skipped)
+        for device_id, drifts in result.devices.items():
+            for d in drifts:
+                rows.append(_row(device_id, ref.bundle_id, d, result.scope.get((device_id, d.feature))))
+            if device_id in skipped:
+                continue  # too few rows to say anything: the alert state stays as it is
+            for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
+                local = [d for d in drifts if d.source == source and d.drifted
+                         and result.scope.get((device_id, d.feature)) != "fleet"]
+                conditions[f"{kind}|{ref.bundle_id}|{device_id}"] = (bool(local), {
+                    "device_id": device_id, "bundle": bundle, "type": kind, "scope": "device",
+                    "features": _features(local)})
+        for d in result.fleet:
+            rows.append(_row(FLEET, ref.bundle_id, d, result.scope.get((FLEET, d.feature))))
+        if not result.fleet:
+            return
+        wide_names = {f for (dev, f), s in result.scope.items() if s == "fleet"}
+        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
+            wide = [d for d in result.fleet if d.source == source and (d.drifted or d.feature in wide_names)
+                    and result.scope.get((FLEET, d.feature), "fleet") == "fleet"]
+            conditions[f"{kind}|{ref.bundle_id}|{FLEET}"] = (bool(wide), {
+                "device_id": FLEET, "bundle": bundle, "type": kind, "scope": "fleet", "features": _features(wide)})
+
+    # -- latency, errors, rejections, accuracy against a baseline ------------------------------
+
+    def _operational(self, ref, device_id, extras, out: dict) -> None:
+        cfg = self.config.detector
+        key = f"{ref.bundle_id}|{device_id}"
+        base = self.baselines.get(key)
+        requests, labelled = int(extras[REQUESTS]), int(extras[LABELLED])
+        if base is None:
+            if requests >= cfg.min_requests:  # the device's first horizon with enough traffic
+                self.baselines[key] = base = _baseline(extras)
+        elif base.get("labelled", 0) < cfg.min_labelled <= labelled:
+            base.update(labelled=labelled, correct=float(extras[CORRECT]), abs_error_sum=float(extras[ABS_ERR]),
+                        squared_error_sum=float(extras[SQ_ERR]))
+        if base is not None and requests >= cfg.min_requests:
+            out[f"latency|{key}"] = (ref, device_id, signals.latency_drift(base["latency"], extras[8:].tolist(), cfg))
+            out[f"error_rate|{key}"] = (ref, device_id, signals.error_rate_drift(
+                int(extras[ERRORS]), requests, base["errors"], base["requests"], cfg))
+            offered, base_offered = requests + int(extras[REJECTED]), base["requests"] + base.get("rejected", 0)
+            out[f"rejection_rate|{key}"] = (ref, device_id, signals.error_rate_drift(
+                int(extras[REJECTED]), offered, base.get("rejected", 0), base_offered, cfg, signal="rejection_rate"))
+        if labelled >= cfg.min_labelled:
+            acc = self._accuracy(ref, base, extras)
+            if acc is not None:
+                out[f"accuracy|{key}"] = (ref, device_id, acc)
+
+    def _accuracy(self, ref, base, extras):
+        cfg, labelled = self.config.detector, int(extras[LABELLED])
+        has_base = base is not None and base.get("labelled", 0) >= cfg.min_labelled
+        if float(extras[ABS_ERR]) > 0 or float(extras[SQ_ERR]) > 0:  # a numeric model: mean abs error
+            if not has_base:
+                return None
+            return signals.mean_abs_error_drift(
+                (labelled, float(extras[ABS_ERR]), float(extras[SQ_ERR])),
+                (base["labelled"], base["abs_error_sum"], base["squared_error_sum"]), cfg)
+        gate = signals.manifest_accuracy(ref.manifest)
+        if gate is not None:  # the accuracy measured when the bundle was made
+            return signals.accuracy_drift(int(extras[CORRECT]), labelled, cfg, base_correct=gate[0],
+                                          base_labelled=gate[1])
+        if not has_base:
+            return None
+        return signals.accuracy_drift(int(extras[CORRECT]), labelled, cfg, base_correct=int(base["correct"]),
+                                      base_labelled=int(base["labelled"]))
+
+    def _signal_conditions(self, found: dict, rows: list, conditions: dict) -> None:
+        """BH across every device's operational signals, then one condition per signal."""
+        corrected = signals.correct_signals({k: v[2] for k, v in found.items()}, self.config.detector.alpha)
+        for key, (ref, device_id, _) in found.items():
+            s = corrected[key]
+            kind = key.split("|", 1)[0]
+            rows.append({"device_id": device_id, "bundle_id": ref.bundle_id, "feature": f"__{s.signal}__",
+                         "kind": "signal", "test": s.test, "statistic": _num(s.statistic),
+                         "p_value": _num(s.p_value), "psi": None, "n": int(s.n), "drifted": bool(s.drifted),
+                         "scope": "device" if s.drifted else None})
+            conditions[key] = (bool(s.drifted), {
+                "device_id": device_id, "bundle": ref.bundle(), "type": kind, "scope": "device",
+                "details": {"signal": s.signal, "test": s.test, "statistic": _num(s.statistic),
+                            "p_value": _num(s.p_value), "effect": _num(s.effect), "n": int(s.n)}})
+
+    # -- hysteresis and alerts ----------------------------------------------------------------
+
+    def _update(self, conditions: dict, totals: dict, now: float) -> list[dict]:
+        alerts = []
+        for key, (drifted, info) in sorted(conditions.items()):
+            change = self.hysteresis.update(key, drifted)
+            if change is None:
+                continue
+            alerts.append(self._send(change, info, now))
+        return alerts
+
+    def _bundle(self, bundle_id: str) -> dict:
+        ref = self.monitor.reference(bundle_id, self.store)
+        return ref.bundle() if ref is not None else {"id": bundle_id, "name": None, "version": None}
+
+    def _send(self, change: str, info: dict, now: float) -> dict:
+        kind, device = info["type"], info["device_id"]
+        names = ", ".join(f["feature"] for f in info.get("features", [])[:TOP_FEATURES])
+        what = {"drift": "input drift", "prediction_drift": "prediction drift", "latency": "latency increase",
+                "error_rate": "error-rate increase", "rejection_rate": "more rejected requests",
+                "accuracy": "accuracy drop", "stale": "no telemetry"}[kind]
+        where = "across the fleet" if device == FLEET else f"on {device}"
+        message = f"{what} {where}" + (f": {names}" if names and change == "raised" else "")
+        if change == "cleared":
+            message += " has ended"
+        alert = build_alert(alert_type=kind, state=change, device_id=device, bundle=info.get("bundle"),
+                            scope=info.get("scope"), message=message,
+                            features=info.get("features") if change == "raised" else [],
+                            details=info.get("details"), evaluated_at=now, horizon_s=self.config.horizon_s)
+        self.store.save_alert(alert)
+        if self.monitor.alerts is not None:
+            self.monitor.alerts.dispatch(alert)
+        return alert
+
+    def _liveness(self, now: float) -> list[dict]:
+        alerts = []
+        for device in self.store.devices():
+            last = device.get("last_seen")
+            if last is None:
+                continue
+            stale = now - float(last) > self.config.stale_after
+            change = self.stale.update(device["device_id"], stale)
+            if change is not None:
+                alerts.append(self._send(change, {
+                    "device_id": device["device_id"], "type": "stale", "scope": "device",
+                    "bundle": device.get("bundle"),
+                    "details": {"last_seen": last, "stale_after_s": self.config.stale_after,
+                                "online": device.get("online")}}, now))
+        return alerts
+
+
+def _evaluation_process() -> None:
+    """Drift evaluation can wait a little; ingestion (acks, the broker's queue) cannot: lower priority."""
+    ignore_interrupts()
+    try:
+        os.nice(10)
+    except OSError:
+        return  # not permitted here: run at normal priority
+
+
+def _baseline(extras: np.ndarray) -> dict:
+    return {"requests": int(extras[REQUESTS]), "errors": int(extras[ERRORS]), "rejected": int(extras[REJECTED]),
+            "latency": [int(v) for v in extras[8:]], "labelled": int(extras[LABELLED]),
+            "correct": float(extras[CORRECT]), "abs_error_sum": float(extras[ABS_ERR]),
+            "squared_error_sum": float(extras[SQ_ERR])}
+
+
+def _num(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _row(device_id: str, bundle_id: str, d: FeatureDrift, scope) -> dict:
+    return {"device_id": device_id, "bundle_id": bundle_id, "feature": d.feature, "kind": d.kind,
+            "test": d.test, "statistic": _num(d.statistic), "p_value": _num(d.p_value), "psi": _num(d.psi),
+            "n": int(d.n), "drifted": bool(d.drifted), "scope": scope if d.drifted else None}
+
+
+def _features(drifts: list[FeatureDrift]) -> list[dict]:
+    ranked = sorted(drifts, key=lambda d: -(_num(d.psi) or 0.0))
+    return [{"feature": d.feature, "source": d.source, "kind": d.kind, "test": d.test,
+             "statistic": _num(d.statistic), "p_value": _num(d.p_value), "psi": _num(d.psi), "n": int(d.n)}
+            for d in ranked]
