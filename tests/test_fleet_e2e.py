@@ -23,9 +23,7 @@ from edgeops.bundle.archive import read_bundle
 from helpers import run_cli
 
 SHIFTED = (1, 4)  # columns shifted on the drifting device
-RUN = ("import sys; from edgeops.cli import main as m; "
-       "m.COMMANDS.setdefault('monitor', 'edgeops.cli.fleet:monitor_command'); "
-       "m.COMMANDS.setdefault('fleet', 'edgeops.cli.fleet:fleet_group'); m.main()")
+RUN = "from edgeops.cli.main import main; main()"
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +96,11 @@ def test_shifted_device_and_features_are_flagged_and_alerted(bundle, tmp_path):
     sub.subscribe(f"{prefix}/v1/alerts/+", qos=1)
     sub.loop_start()
     client_id = f"mon-{uuid.uuid4().hex[:8]}"
-    # Two devices: one drifting is half the fleet, which the default --fleet-fraction 0.5 calls
-    # fleet-wide; 0.75 keeps a single drifting device a device-level drift.
+    # Two devices with the default --fleet-fraction: the one that drifts alone must be local.
     monitor = subprocess.Popen(
         [sys.executable, "-c", RUN, "monitor", "--broker", "mqtt://127.0.0.1:1883", "--db", db_url,
          "--bundle", str(bundle), "--topic-prefix", prefix, "--client-id", client_id, "--evaluate-interval", "1",
-         "--horizon", "30", "--min-rows", "200", "--fleet-fraction", "0.75", "--parse-workers", "1"],
+         "--horizon", "30", "--min-rows", "200", "--parse-workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     agents = []
     rng = np.random.default_rng(1)

@@ -34,9 +34,7 @@ SHARED_BROKER = "mqtt://127.0.0.1:1883"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 FEATURES = 6
 BUNDLE_ID = "ab" * 32
-RUN = ("import sys; from edgeops.cli import main as m; "
-       "m.COMMANDS.setdefault('monitor', 'edgeops.cli.fleet:monitor_command'); "
-       "m.COMMANDS.setdefault('fleet', 'edgeops.cli.fleet:fleet_group'); m.main()")
+RUN = "from edgeops.cli.main import main; main()"
 
 
 # -- helpers -----------------------------------------------------------------------------------

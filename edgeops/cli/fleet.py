@@ -61,8 +61,8 @@ def _log(message: str) -> None:
 @click.option("--min-rows", type=click.IntRange(min=1), default=200, show_default=True,
               help="Rows a device needs in the horizon before it is tested.")
 @click.option("--fleet-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="A feature drifting on this share of the tested devices is fleet-wide drift: one alert for "
-                   "the fleet instead of one per device.")
+              help="A feature drifting on this share of the tested devices (and on at least two) is fleet-wide "
+                   "drift: one alert for the fleet instead of one per device.")
 @click.option("--enter-after", type=click.IntRange(min=1), default=2, show_default=True,
               help="Raise an alert after this many drifting evaluations in a row.")
 @click.option("--exit-after", type=click.IntRange(min=1), default=3, show_default=True,
@@ -199,6 +199,11 @@ def status_command(db, stale_after, as_json):
     console = output.stdout_console
     console.print(output.table(f"Fleet ({len(rows)} devices)", ["device", "state", "model", "p95 ms", "windows",
                                                               "drift", "top features", "alerts"], rows))
-    fleet = [f["feature"] for f in report["fleet"]["drift"] if f["drifted"]]
-    console.print("fleet-wide drift: " + (", ".join(fleet) if fleet else "none")
-                  + f"; quarantined messages: {sum(report['quarantined'].values())}")
+    # The fleet aggregate also moves when one device drifts; only scope "fleet" is fleet-wide.
+    wide = [f["feature"] for f in report["fleet"]["drift"] if f["drifted"] and f.get("scope") == "fleet"]
+    local = [f["feature"] for f in report["fleet"]["drift"] if f["drifted"] and f.get("scope") != "fleet"]
+    line = "fleet-wide drift: " + (", ".join(wide) if wide else "none")
+    if local:
+        line += f" (the fleet aggregate also moves on {', '.join(local[:5])}{' ...' if len(local) > 5 else ''}" \
+                ", driven by the device-level drift above)"
+    console.print(line + f"; quarantined messages: {sum(report['quarantined'].values())}")
