@@ -48,6 +48,28 @@ def _reject_constant(name: str):
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
+try:  # orjson decodes a window 3-4x faster; JSON decoding is the largest part of ingestion
+    from orjson import JSONDecodeError as _FastError
+    from orjson import loads as _fast_loads
+except ImportError:  # the monitor extra installs it; without it the stdlib decoder does it all
+    _fast_loads, _FastError = None, ValueError
+
+
+def _decode(text: str):
+    """Decode with orjson when installed. It is strict (no NaN, no 64-bit overflow, bounded
+    nesting); on anything it refuses, the stdlib decoder runs and names the exact reason."""
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(text)
+        except _FastError:
+            pass
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise PayloadError("too_deep") from None
+    except ValueError:  # JSONDecodeError, and int strings over Python's digit limit
+        raise PayloadError("json") from None
+
 
 def parse_message(topic: str, payload: bytes, prefix: str = "edgeops", received: float | None = None) -> Message:
     """Validate one MQTT message; raise PayloadError(reason) if anything is off."""
@@ -69,12 +91,7 @@ def parse_message(topic: str, payload: bytes, prefix: str = "edgeops", received:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError:
         raise PayloadError("utf8") from None
-    try:
-        data = _DECODER.decode(text)
-    except RecursionError:
-        raise PayloadError("too_deep") from None
-    except ValueError:  # JSONDecodeError, and int strings over Python's digit limit
-        raise PayloadError("json") from None
+    data = _decode(text)
     if type(data) is not dict:
         raise PayloadError("not_object")
     version = data.get("schema_version")
