@@ -49,9 +49,27 @@ _SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+# onnx2tf sets sys.setrecursionlimit(2**31 - 1) when imported. That lasts for the whole process:
+# any deep recursion afterwards (a deeply nested JSON body, say) overflows the C stack and kills
+# the process with SIGSEGV instead of raising RecursionError. So the limit is put back after the
+# import, and raised to a bounded value only while onnx2tf converts (deep graphs recurse).
+CONVERT_RECURSION_LIMIT = 20_000
+
+
+@contextmanager
+def _recursion_limit(limit: int | None = None):
+    saved = sys.getrecursionlimit()
+    if limit is not None:
+        sys.setrecursionlimit(max(saved, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(saved)
+
+
 def _onnx2tf():
     try:
-        with _captured_output():  # importing TensorFlow prints C++ log lines
+        with _captured_output(), _recursion_limit():  # importing TensorFlow prints C++ log lines
             import onnx2tf
     except (ImportError, AttributeError) as exc:  # AttributeError: onnx-graphsurgeon too old for onnx
         package = (getattr(exc, "name", None) or "onnx2tf").split(".")[0].replace("_", "-")
@@ -260,7 +278,7 @@ class OnnxToTFLite:
                                             "models over 2 GB are not supported") from None
             np.save(work / _SAMPLE_IMAGES, np.random.default_rng(0).random((20, 32, 32, 3), dtype=np.float32))
             failure = None
-            with _captured_output() as log, _working_directory(work):
+            with _captured_output() as log, _working_directory(work), _recursion_limit(CONVERT_RECURSION_LIMIT):
                 try:
                     onnx2tf.convert(input_onnx_file_path=str(work / "model.onnx"),
                                     output_folder_path=str(work / "tf"), not_use_onnxsim=True,

@@ -20,11 +20,22 @@ nn = torch.nn
 
 
 def _onnx2tf_importable() -> bool:
+    # Through the converter: a bare `import onnx2tf` would leave the recursion limit at 2**31-1
+    # for the rest of the test session (see converters/onnx_tflite.py).
+    from edgeops.converters.onnx_tflite import _onnx2tf
+    from edgeops.errors import MissingDependencyError
+
     try:
-        import onnx2tf  # noqa: F401
-    except (ImportError, AttributeError):
+        _onnx2tf()
+    except MissingDependencyError:
         return False
     return True
+
+
+def test_importing_onnx2tf_keeps_the_recursion_limit():
+    if not _onnx2tf_importable():
+        pytest.skip("onnx2tf is not installed")
+    assert sys.getrecursionlimit() < 100_000
 
 
 needs_onnx2tf = pytest.mark.skipif(

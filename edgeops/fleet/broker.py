@@ -1,4 +1,4 @@
-"""The MQTT side of the monitor: broker URLs, and a private Mosquitto when no broker is given.
+"""The MQTT side of the monitor: a private Mosquitto when no broker is given.
 
 A private broker listens on loopback by default, keeps its persistence (queued QoS 1 messages of
 persistent sessions) in the monitor's state directory and reuses the port of its previous run,
@@ -12,11 +12,12 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from ..errors import EdgeOpsError, UsageError
+# One broker-URL parser for the agent and the monitor (mqtt://, mqtts://, user:pass@).
+from ..agent.mqtt import BrokerConfig as BrokerURL  # noqa: F401  (re-exported for the monitor)
+from ..agent.mqtt import parse_broker_url  # noqa: F401
+from ..errors import EdgeOpsError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -25,36 +26,6 @@ class BrokerUnavailableError(EdgeOpsError):
     """No broker was given and none can be started here (exit 4, like a missing dependency)."""
 
     exit_code = 4
-
-
-@dataclass(frozen=True)
-class BrokerURL:
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerURL:
-    """mqtt://host[:1883] or mqtts://host[:8883], with optional user:password@."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise UsageError(f"bad broker URL {url!r}",
-                         "use mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtt://127.0.0.1:1883")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UsageError(f"bad broker URL {url!r}: no path or query is allowed", "use mqtt://HOST[:PORT]")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise UsageError(f"bad port in broker URL {url!r}", "the port is a number from 1 to 65535") from None
-    return BrokerURL(parts.hostname, port, tls, unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None)
 
 
 def default_state_dir() -> Path:
