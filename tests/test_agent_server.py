@@ -407,3 +407,29 @@ def test_concurrent_clients(mlp, tmp_path):
         for t in threads:
             t.join(60)
         assert not failures
+
+
+def test_a_window_the_outbox_cannot_store_is_counted_not_silent(mlp, tmp_path):
+    # A disk that refuses writes, for real: RLIMIT_FSIZE 0 makes every file write of this process
+    # fail with EFBIG while the window is closed (Python ignores SIGXFSZ). The window is lost, and
+    # /metrics and the log say so.
+    import resource
+
+    with running_agent(mlp, tmp_path, broker=UNREACHABLE, flush_timeout=0) as agent:
+        client = Client(agent.url)
+        assert client.predict([[1, 2, 3, 4]])[0] == 200
+        assert agent.close_window() == 1
+        assert client.predict([[1, 2, 3, 4]])[0] == 200
+        assert client.request("GET", "/healthz")[0] == 200
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+        try:
+            written = agent.close_window()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        assert written == 0
+        status, text, _ = client.request("GET", "/metrics")
+        body = text.decode() if isinstance(text, bytes) else str(text)
+        assert status == 200 and "edgeops_agent_telemetry_windows_lost_total 1" in body, body
+        assert any("cannot store the primary telemetry window" in line for line in agent.lines), agent.lines
+        assert agent.close_window() == 1  # the disk works again: so does the outbox

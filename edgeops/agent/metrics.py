@@ -28,6 +28,7 @@ class Metrics:
         self._range_warnings: dict[str, int] = {}
         self.shadow_dropped = 0
         self.windows = 0
+        self.windows_lost = 0
         self.started = time.time()
 
     def request(self, variant: str, status: int, latency_s: float | None = None) -> None:
@@ -63,6 +64,10 @@ class Metrics:
         with self._lock:
             self.windows += 1
 
+    def count_lost_window(self) -> None:
+        with self._lock:
+            self.windows_lost += 1
+
     def render(self, *, models: list[dict], outbox: dict | None, mqtt_connected: bool | None) -> bytes:
         """The exposition text. ``models``: {variant, role, id, name, version} per loaded variant."""
         with self._lock:
@@ -71,7 +76,7 @@ class Metrics:
             latency = {k: list(v) for k, v in self._latency.items()}
             feedback = dict(self._feedback)
             warnings = dict(self._range_warnings)
-            shadow_dropped, windows = self.shadow_dropped, self.windows
+            shadow_dropped, windows, lost = self.shadow_dropped, self.windows, self.windows_lost
         out: list[str] = []
         _family(out, "edgeops_agent_requests_total", "counter", "HTTP requests to /v1/predict by variant and status",
                 [({"variant": v, "status": s}, n) for (v, s), n in sorted(requests.items())])
@@ -97,6 +102,8 @@ class Metrics:
                 "Requests the shadow variant skipped because its queue was full", [({}, shadow_dropped)])
         _family(out, "edgeops_agent_telemetry_windows_total", "counter", "Telemetry windows written to the outbox",
                 [({}, windows)])
+        _family(out, "edgeops_agent_telemetry_windows_lost_total", "counter",
+                "Telemetry windows that could not be written to the outbox (e.g. a full disk)", [({}, lost)])
         if outbox is not None:
             _family(out, "edgeops_agent_outbox_pending", "gauge", "Telemetry windows not yet acknowledged by the broker",
                     [({}, outbox.get("pending", 0))])

@@ -209,7 +209,10 @@ class Agent:
                     written += 1
                     self.app.metrics.count_window()
                 except (EdgeOpsError, sqlite3.Error, OSError) as exc:  # e.g. a full disk: the window is lost
-                    self.log(f"error: cannot store the {v.name} telemetry window: {exc}")
+                    # Counted on /metrics: the outbox's own drop count cannot hold it (it is on that disk).
+                    self.app.metrics.count_lost_window()
+                    self.log(f"error: cannot store the {v.name} telemetry window (lost; counted in "
+                             f"edgeops_agent_telemetry_windows_lost_total): {exc}")
             if self.publisher is not None:
                 self.publisher.notify()
             return written
