@@ -224,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between whole-fleet drift evaluations while the monitor drains")
     parser.add_argument("--parse-workers", type=int, default=None,
                         help="the monitor's parser processes (default: as `edgeops monitor`, one per core up to 4)")
+    parser.add_argument("--skip-bare", action="store_true",
+                        help="measure the monitor only (for profiling; no ratio is printed)")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     args = parser.parse_args(argv)
-    from edgeops.fleet.parsing import default_workers
+    from edgeops.fleet.pool import default_workers
 
     if args.parse_workers is None:
         args.parse_workers = default_workers()
@@ -246,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prefix = f"bench-{uuid.uuid4().hex[:8]}"
             backlog = lambda: run_publisher(broker.port, prefix, str(payload_file), args.messages)  # noqa: E731
+            if args.skip_bare:
+                mon = monitor_drain(broker.port, prefix, args.messages, refstats, bundle_id,
+                                    f"sqlite:///{tmp / 'fleet.db'}", args.evaluate_interval, backlog,
+                                    args.parse_workers, broker.process.pid)
+                print(f"monitor: {mon['msgs_per_s']:.0f} msg/s; CPU per message (us): "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in mon["cpu_us_per_msg"].items()))
+                return 0
             bare = bare_subscriber(broker.port, prefix, args.messages, backlog, broker.process.pid)
             mon = monitor_drain(broker.port, prefix, args.messages, refstats, bundle_id,
                                 f"sqlite:///{tmp / 'fleet.db'}", args.evaluate_interval, backlog,

@@ -102,7 +102,7 @@ def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, clie
     from ..fleet.evaluation import EvaluatorConfig
     from ..fleet.ingest import DEVICE_ID
     from ..fleet.monitor import Monitor, MonitorConfig
-    from ..fleet.parsing import default_workers
+    from ..fleet.pool import default_workers
     from ..fleet.references import load_references
 
     if share is not None and not DEVICE_ID.fullmatch(share):

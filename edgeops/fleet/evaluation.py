@@ -29,7 +29,7 @@ from . import signals
 from .alerts import FLEET, build_alert
 from .detectors import ROWS as ROWS_KEY
 from .detectors import DetectorConfig, FeatureDrift, Hysteresis, evaluate_fleet
-from .parsing import ignore_interrupts
+from .pool import ignore_interrupts
 from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
 from .store import open_store
 

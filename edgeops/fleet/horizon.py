@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -121,6 +122,28 @@ def extras_vector(payload: dict, out: np.ndarray | None = None) -> np.ndarray:
     if len(counts) == LATENCY_BUCKETS:
         out[8:] = counts
     return out
+
+
+class Counted(NamedTuple):
+    """One window as the horizon counts it. ``vector`` and ``extras``: its counts in the bundle's
+    Layout and its extras vector, when a worker process computed them (pool.py); otherwise the
+    monitor computes them from ``payload`` and ``packed`` (parsing.pack_section)."""
+
+    device_id: str
+    bundle_id: str
+    seq: int
+    end: float
+    role: str
+    vector: np.ndarray | None = None
+    extras: np.ndarray | None = None
+    payload: dict | None = None
+    packed: dict | None = None
+
+
+def counted(device_id: str, payload: dict, packed: dict | None = None) -> Counted:
+    """The Counted of a window payload (validated, or read back from the store)."""
+    return Counted(device_id, payload["bundle"]["id"], payload["seq"], payload["window"]["end"],
+                   payload["variant"]["role"], payload=payload, packed=packed)
 
 
 class HorizonCounts:

@@ -18,9 +18,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from edgeops.fleet import ingest_fast
 from edgeops.fleet.ingest_checks import PayloadError, check_heartbeat, check_status, check_window
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Message", "PayloadError", "parse_message"]
+__all__ = ["MAX_PAYLOAD_BYTES", "Message", "PayloadError", "parse_message", "parse_window_fast"]
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 KINDS_BY_TOPIC = {"telemetry": "window", "heartbeat": "heartbeat", "status": "status"}
@@ -108,6 +109,27 @@ def parse_message(topic: str, payload: bytes, prefix: str = "edgeops", received:
     else:
         check_status(data)
     return Message(kind, device_id, data, float(received), text)
+
+
+def parse_window_fast(topic: str, payload: bytes, prefix: str = "edgeops"):
+    """(device_id, typed window, packed sections, text) of a documented window, else None.
+
+    The fast path (ingest_fast.py): None means "not decided here", never "invalid"; then
+    parse_message decides, with its exact reason.
+    """
+    if not ingest_fast.available() or type(topic) is not str or not topic.endswith("/telemetry"):
+        return None
+    try:
+        device_id, _ = _parse_topic(topic, prefix)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return None
+        text = bytes(payload).decode("utf-8")
+    except (PayloadError, UnicodeDecodeError, TypeError):
+        return None
+    result = ingest_fast.decode_window(text)
+    if result is None or result[0].device_id != device_id:
+        return None
+    return device_id, result[0], result[1], text
 
 
 def _parse_topic(topic, prefix: str) -> tuple[str, str]:

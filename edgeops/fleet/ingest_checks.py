@@ -25,6 +25,7 @@ LABEL = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,256}")
 _LABELS = re.compile(r"[^\x01-\x1f\x7f\ud800-\udfff]*")
 
 _INT_ONLY = frozenset({int})
+_OPTIONAL_INT = frozenset({int, type(None)})
 _STR_ONLY = frozenset({str})
 _DICT_ONLY = {dict}
 _LIST_ONLY = {list}
@@ -86,6 +87,10 @@ def _shallow(value, reason: str, limit: int = MAX_DEPTH) -> None:
         children = item.values() if type(item) is dict else item
         if not _CONTAINERS.isdisjoint(map(type, children)):
             stack.extend((c, depth + 1) for c in children if type(c) in _CONTAINERS)
+
+
+def _role(value) -> bool:
+    return type(value) is str and value in ROLES
 
 
 def _count(value, reason: str, minimum: int = 0) -> int:
@@ -162,7 +167,7 @@ def _bundles(value) -> None:
     for entry in value:
         _bundle(entry, "field:bundles", 3)
         _label(entry.get("variant"), "field:bundles.variant")
-        if entry.get("role") not in ROLES:
+        if not _role(entry.get("role")):
             raise PayloadError("field:bundles.role")
 
 
@@ -187,6 +192,8 @@ def _series(value, reasons: dict, kinds: frozenset) -> None:
     get = dict.get
     _labels(list(map(get, value, repeat("name"))), reasons["name"])
     kinds_list = list(map(get, value, repeat("kind")))
+    if not set(map(type, kinds_list)) <= _STR_ONLY:  # an unhashable kind could not go in a set
+        raise PayloadError(reasons["kind"])
     kind_set = set(kinds_list)
     if not kind_set <= kinds:
         raise PayloadError(reasons["kind"])
@@ -206,9 +213,11 @@ def _series(value, reasons: dict, kinds: frozenset) -> None:
     texts = set(chain.from_iterable(map(type, map(get, value, repeat(key), repeat(""))) for key in _SERIES_TEXT))
     if not texts <= _STR_ONLY:
         raise PayloadError(reasons["input"])
-    columns = set(map(get, value, repeat("column")))
-    columns.discard(None)
-    if columns and (not set(map(type, columns)) <= _INT_ONLY or min(columns) < 0):
+    columns = list(map(get, value, repeat("column")))
+    if not set(map(type, columns)) <= _OPTIONAL_INT:
+        raise PayloadError(reasons["column"])
+    columns = [c for c in columns if c is not None]
+    if columns and min(columns) < 0:
         raise PayloadError(reasons["column"])
     if not all(map(_SERIES_KEYS.issuperset, value)):
         for entry in value:
@@ -271,7 +280,7 @@ def check_window(data: dict) -> None:
     _bundle(data.get("bundle"), "field:bundle")
     variant = _obj(data.get("variant"), "field:variant")
     _label(variant.get("name"), "field:variant.name")
-    if variant.get("role") not in ROLES:
+    if not _role(variant.get("role")):
         raise PayloadError("field:variant.role")
     window = _obj(data.get("window"), "field:window")
     start, end = window.get("start"), window.get("end")

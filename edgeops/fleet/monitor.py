@@ -29,13 +29,13 @@ from paho.mqtt.properties import Properties
 
 from .broker import BrokerURL
 from .evaluation import Evaluator, EvaluatorConfig
-from .horizon import EXTRAS, HorizonCounts, Layout, extras_vector
-from .parsing import ParserPool, default_workers
+from .horizon import EXTRAS, Counted, HorizonCounts, Layout, counted, extras_vector
+from .pool import Parsed, ParserPool, default_workers
 from .references import Reference
 from .store import StoreError, open_store
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
-RECEIVE_MAXIMUM = 2000  # unacknowledged messages in flight to us (must exceed batch_size)
+RECEIVE_MAXIMUM = 5000  # unacknowledged messages in flight to us (must exceed batch_size)
 KINDS = ("status", "heartbeat", "telemetry")
 
 
@@ -73,6 +73,7 @@ class Monitor:
         self.evaluator: Evaluator | None = None
         self.store = None
         self.parser: ParserPool | None = None
+        self._fallback_logged = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class Monitor:
         for ref in self.references.values():
             self.store.save_reference(ref.bundle_id, ref.manifest, ref.refstats)
         self._warm_up()
-        self.parser = ParserPool(self.config.topic_prefix, self.config.parse_workers, self.log)
+        self.parser = ParserPool(self.config.topic_prefix, self.config.parse_workers, self.log, self.config.db_url)
         self.parser.warm_up()
         self.evaluator = Evaluator(self, self.config.evaluator)
         self._worker = threading.Thread(target=self._work, name="monitor-ingest", daemon=True)
@@ -253,11 +254,11 @@ class Monitor:
             if qos > 0 and self._client is not None:
                 self._client.ack(mid, qos)
 
-    def _isolate(self, batch: list, parsed: list) -> None:
+    def _isolate(self, batch: list, parsed: Parsed) -> None:
         """Store the batch message by message; quarantine those that fail (reason monitor_error)."""
-        for item, result in zip(batch, parsed):
+        for item, result in zip(batch, parsed.results):
             try:
-                self.ingest([item], [result])
+                self.ingest([item], Parsed([result]))
             except _store_errors():
                 raise
             except Exception:  # noqa: BLE001 - see _commit_with_retry
@@ -265,24 +266,29 @@ class Monitor:
                 self.store.quarantine(topic, bytes(payload), "monitor_error", received)
                 self.quarantined["monitor_error"] += 1
 
-    def ingest(self, batch: list, parsed: list | None = None) -> None:
+    def ingest(self, batch: list, parsed: Parsed | None = None) -> None:
         """Store and count one batch of (topic, payload, mid, qos, received) items.
 
-        ``parsed``: the batch's ParserPool results, parsed here when not given.
+        ``parsed``: the batch's ParserPool result, parsed here when not given. Windows that a
+        parser process already stored (``parsed.stored``) are only counted.
         """
-        windows, heartbeats, statuses, rejected = [], [], [], []
+        windows, unstored, heartbeats, statuses, rejected = [], [], [], [], []
         if parsed is None:
             parsed = self.parser.parse([(topic, payload, received) for topic, payload, _, _, received in batch])
-        for (topic, payload, _, _, received), (message, extra) in zip(batch, parsed):
-            if message is None:
-                rejected.append((topic, bytes(payload), extra, received))
-            elif message.kind == "window":
-                windows.append((message, extra))
-            elif message.kind == "heartbeat":
-                heartbeats.append(message)
+        if parsed.errors:
+            self._log_store_fallback(parsed.errors[0])
+        for (topic, payload, _, _, received), (first, second) in zip(batch, parsed.results):
+            if first is None:
+                rejected.append((topic, bytes(payload), second, received))
+            elif type(first) is Counted:
+                windows.append(first)
+                if second is not None:  # not stored by a worker: store it here
+                    unstored.append(second)
+            elif first.kind == "heartbeat":
+                heartbeats.append(first)
             else:
-                statuses.append(message)
-        new = self.store.insert_windows([m for m, _ in windows]) if windows else 0
+                statuses.append(first)
+        new = parsed.new + (self.store.insert_windows(unstored) if unstored else 0)
         if heartbeats:
             self.store.record_heartbeats(heartbeats)
         for message in statuses:
@@ -295,30 +301,45 @@ class Monitor:
         self.stats["windows_new"] += new
         self._aggregate(windows)
 
-    def _aggregate(self, windows: list) -> None:
-        """Add each window not counted before to the horizon's counts: [(message, packed)]."""
+    def _log_store_fallback(self, error: str) -> None:
+        """A parser process could not store its windows: the monitor stores them (say so, once a minute)."""
+        self.stats["worker_store_fallbacks"] += 1
+        now = time.monotonic()
+        if now - self._fallback_logged > 60:
+            self._fallback_logged = now
+            self.log(f"a parser process could not store its windows ({error[:200]}); storing them here")
+
+    def _aggregate(self, windows: list[Counted]) -> None:
+        """Add each window not counted before to the horizon's counts."""
         keep = []
-        for message, packed in windows:
-            payload = message.payload
-            if payload["variant"]["role"] == "shadow":
+        for w in windows:
+            if w.role == "shadow":
                 continue  # a shadow runs on the same requests: its inputs would count twice
-            layout = self._layout(payload["bundle"]["id"])
-            if layout is not None:
-                keep.append((layout, payload, message.device_id, packed))
+            layout = self._layout(w.bundle_id)
+            if layout is not None and (w.vector is None or w.vector.size == layout.size):
+                keep.append((layout, w))
         if not keep:
             return
-        # One array per batch (a row per window) instead of two small arrays per window.
-        width = max(layout.size for layout, _, _, _ in keep)
-        counts = np.zeros((len(keep), width), dtype=np.int64)
-        extras = np.zeros((len(keep), EXTRAS), dtype=np.float64)
-        for i, (layout, payload, _, packed) in enumerate(keep):
-            layout.vector(payload, packed, counts[i, :layout.size])
-            extras_vector(payload, extras[i])
+        # Windows without vectors (parsed here, or their bundle unknown to the worker) get theirs
+        # in one array per batch (a row per window) instead of two small arrays per window.
+        slow = [(layout, w) for layout, w in keep if w.vector is None]
+        if slow:
+            width = max(layout.size for layout, _ in slow)
+            counts = np.zeros((len(slow), width), dtype=np.int64)
+            extras = np.zeros((len(slow), EXTRAS), dtype=np.float64)
+            for i, (layout, w) in enumerate(slow):
+                layout.vector(w.payload, w.packed, counts[i, :layout.size])
+                extras_vector(w.payload, extras[i])
+            computed = iter(zip(counts, extras))
         with self.lock:
-            for i, (layout, payload, device_id, _) in enumerate(keep):
-                if self.horizon.is_new(device_id, payload["seq"]):
-                    self.horizon.add(payload["bundle"]["id"], device_id, payload["window"]["end"],
-                                     counts[i, :layout.size], extras[i])
+            for layout, w in keep:
+                if w.vector is None:
+                    vector, extra = next(computed)
+                    vector = vector[:layout.size]
+                else:
+                    vector, extra = w.vector, w.extras
+                if self.horizon.is_new(w.device_id, w.seq):
+                    self.horizon.add(w.bundle_id, w.device_id, w.end, vector, extra)
 
     def _layout(self, bundle_id: str) -> Layout | None:
         if bundle_id not in self.layouts:
@@ -347,13 +368,7 @@ class Monitor:
         since = time.time() - self.config.evaluator.horizon_s
         rows = self.store.windows(since=since)
 
-        class _Stored:  # the parts of a Message that _aggregate reads
-            __slots__ = ("device_id", "payload")
-
-            def __init__(self, payload):
-                self.device_id, self.payload = payload["device_id"], payload
-
-        self._aggregate([(_Stored(p), None) for p in rows])
+        self._aggregate([counted(p["device_id"], p) for p in rows])
         if rows:
             self.log(f"loaded {len(rows)} stored window(s) of the last {self.config.evaluator.horizon_s:g} s")
 
