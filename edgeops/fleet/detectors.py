@@ -17,14 +17,15 @@ docs/drift.md gives the reasoning and the measured false-alarm rates.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from edgeops.errors import UsageError
-from edgeops.fleet import stats
-# The operational signals live in signals.py; exposed here so the monitor needs one module.
+from edgeops.fleet import stats, stats_batch
+# Alert hysteresis (hysteresis.py) and the operational signals (signals.py) live in their own
+# modules; exposed here so the monitor needs one module.
+from edgeops.fleet.hysteresis import Hysteresis, drift_key, split_key
 from edgeops.fleet.signals import (LATENCY_BUCKETS_MS, SignalDrift, accuracy_drift, correct_signals,
                                    error_rate_drift, latency_drift, manifest_accuracy, mean_abs_error_drift)
 
@@ -166,21 +167,6 @@ class FleetDrift:
     tests: int = 0  # size of the BH family
 
 
-def _add(total, counts):
-    if isinstance(counts, dict):
-        out = Counter(total or {})
-        out.update({k: v for k, v in counts.items()})
-        return dict(out)
-    counts = np.asarray(counts, dtype=np.float64)
-    return counts.copy() if total is None else total + counts
-
-
-def _subtract(total, counts):
-    if isinstance(total, dict):
-        return {k: v - counts.get(k, 0) for k, v in total.items()}
-    return total - np.asarray(counts, dtype=np.float64)
-
-
 def _rows(device: str, counts: dict, entries: dict) -> int:
     for name in counts:
         if name != ROWS and name not in entries:
@@ -198,129 +184,170 @@ def evaluate_fleet(reference: dict, current: dict[str, dict[str, object]],
 
     ``current``: {device_id: {feature name: counts, "__rows__": rows}} summed over the horizon.
     Names are those of reference_entries (FeatureDrift.feature carries the same name).
+    Each feature is tested for all devices at once (stats_batch); the results are those of
+    feature_drift on every (device, feature) pair, which tests/test_fleet_stats_batch.py checks.
     """
     config = config or DetectorConfig()
     entries = reference_entries(reference)
-    tested: dict[str, dict[str, FeatureDrift]] = {}
-    skipped, rows_of, aggregate = [], {}, {}
+    try:
+        return _evaluate(entries, current, config)
+    except (ValueError, TypeError):
+        _check_in_order(entries, current, config)
+        raise
+
+
+def _check_in_order(entries: dict, current: dict, config: DetectorConfig) -> None:
+    """Malformed counts: raise the error that testing pair by pair, device by device, meets first."""
     for device in sorted(current):
         counts = current[device]
-        rows_of[device] = _rows(device, counts, entries)
-        tested[device] = {}
+        rows = _rows(device, counts, entries)
         for name, entry in entries.items():
-            if name not in counts:
-                continue
-            _aligned(entry, counts[name])  # raises on malformed counts before anything is summed
-            aggregate[name] = _add(aggregate.get(name), counts[name])
-            if rows_of[device] >= config.min_rows:
-                drift = feature_drift(entry, counts[name], config, rows_of[device])
-                if drift.n >= config.min_rows and drift.p_value is not None:
-                    tested[device][name] = replace(drift, feature=name)
-        if rows_of[device] < config.min_rows:
-            skipped.append(device)
-    total_rows = sum(rows_of.values())
-    fleet = {}
-    for name, summed in aggregate.items():
-        drift = feature_drift(entries[name], summed, config, total_rows)
-        if drift.n >= config.min_rows and drift.p_value is not None:  # None: an empty reference
-            fleet[name] = replace(drift, feature=name)
+            if name in counts:
+                ref, cur = _aligned(entry, counts[name])
+                if rows >= config.min_rows:
+                    stats.psi(ref, cur)  # non-finite or negative counts
 
-    # Benjamini-Hochberg over every test of this evaluation, then the effect-size floor.
-    family = [(d, name) for d in sorted(tested) for name in tested[d]] + [(FLEET, name) for name in fleet]
-    lookup = lambda key: fleet[key[1]] if key[0] == FLEET else tested[key[0]][key[1]]  # noqa: E731
-    p = [math.nan if lookup(k).p_value is None else lookup(k).p_value for k in family]
-    kept = stats.benjamini_hochberg(p, config.alpha) if family else np.zeros(0, dtype=bool)
-    for key, keep in zip(family, kept):
-        result = lookup(key)
-        result = replace(result, drifted=bool(keep) and result.psi >= config.min_psi)
-        if key[0] == FLEET:
-            fleet[key[1]] = result
-        else:
-            tested[key[0]][key[1]] = result
+
+def _stack(entry: dict, counts: list) -> tuple[np.ndarray, np.ndarray]:
+    """_aligned for many devices: the reference and one row of current counts per device.
+
+    Categorical columns are the reference's categories, then every category some device sent
+    that the reference lacks; a device without one has 0 on both sides there, which changes no
+    statistic (the chi-squared drops the bin, PSI and Jensen-Shannon add 0).
+    """
+    name, kind = entry.get("name"), entry.get("kind")
+    if kind == "numeric":
+        ref, cur = np.asarray(entry["counts"], dtype=np.float64), np.array(counts, dtype=np.float64)
+        if cur.shape != (len(counts), ref.size) or ref.ndim != 1:
+            raise ValueError(f"feature {name!r}: the counts do not match the reference's {ref.size} bins")
+        return ref, cur
+    if kind in ("categorical", "labels"):
+        if not all(isinstance(c, dict) for c in counts):
+            raise ValueError(f"feature {name!r} is {kind}: give a dict of counts per category")
+        categories = entry.get("categories", {})
+        keys = list(categories) + sorted({k for c in counts for k in c if k not in categories})
+        return (np.array([categories.get(k, 0) for k in keys], dtype=np.float64),
+                np.array([[c.get(k, 0) for k in keys] for c in counts], dtype=np.float64).reshape(len(counts), -1))
+    raise ValueError(f"feature {name!r} has unknown kind {kind!r}")
+
+
+FIELDS = ("statistic", "p_value", "psi", "n", "jensen_shannon", "ks", "wasserstein_sd")
+
+
+def _drift_batch(entry: dict, ref: np.ndarray, cur: np.ndarray, rows: np.ndarray, config: DetectorConfig) -> dict:
+    """feature_drift on each row of ``cur`` against one reference: {FIELDS: array}, NaN for None."""
+    total = cur.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # feature_drift's per-row weighting of pooled features
+        scale = np.where((rows != 0) & (total > POOLED_FACTOR * rows), total / rows, 1.0)[:, None]
+    test = stats_batch.chi_squared(ref / scale, cur / scale, min_expected=config.min_expected)
+    out = {"statistic": test.statistic, "p_value": test.p_value, "psi": stats_batch.psi(ref, cur),
+           "n": np.rint(total).astype(np.int64), "jensen_shannon": stats_batch.jensen_shannon(ref, cur),
+           "ks": np.full(len(cur), np.nan), "wasserstein_sd": np.full(len(cur), np.nan)}
+    if entry["kind"] == "numeric" and ref.sum() > 0 and (total > 0).any():
+        out["ks"] = stats_batch.ks_statistic(ref, cur)
+        std, lo, hi = entry.get("std"), entry.get("min"), entry.get("max")
+        if std and lo is not None and hi is not None and len(entry["edges"]) > 0:
+            out["wasserstein_sd"] = stats_batch.wasserstein_binned(ref, cur, entry["edges"], lo, hi) / std
+    return out
+
+
+def _evaluate(entries: dict, current: dict, config: DetectorConfig) -> FleetDrift:
+    devices = sorted(current)
+    rows = np.array([_rows(d, current[d], entries) for d in devices], dtype=np.int64)
+    tests, fleet_tests, features = _test_features(entries, current, devices, rows, config)
+    # Benjamini-Hochberg over every test, in the per-pair order (device by device, then the
+    # fleet aggregates in the order they appeared), then the effect-size floor.
+    order = np.lexsort((tests["position"], tests["device"]))
+    family = {k: np.concatenate([tests[k][order], [t[2][k] for t in fleet_tests]]) for k in FIELDS}
+    drifted = stats.benjamini_hochberg(family["p_value"], config.alpha) & (family["psi"] >= config.min_psi)
+    positions = tests["position"][order].tolist() + [t[1] for t in fleet_tests]
+    results = _feature_drifts(entries, positions, family, drifted)
+    by_device: dict[str, list[FeatureDrift]] = {d: [] for d in devices}
+    for i, result in zip(tests["device"][order].tolist(), results):
+        by_device[devices[i]].append(result)
+    fleet = {r.feature: r for r in results[order.size:]}
 
     scope: dict[tuple[str, str], str] = {}
-    for name in entries:
-        testing = [d for d in tested if name in tested[d]]
-        drifting = [d for d in testing if tested[d][name].drifted]
-        for device in drifting:
-            # One device is never "most of the fleet": in a fleet of two, the one that drifts
-            # alone is local (the issue's test case: only that device is flagged).
-            many = len(drifting) >= 2 and len(drifting) >= config.fleet_fraction * len(testing)
-            wide = many or not _breaks_away(
-                entries[name], _subtract(aggregate[name], current[device][name]), current[device][name],
-                rows_of[device], config)
-            scope[(device, name)] = "fleet" if wide else "device"
+    unsorted = np.empty(order.size, dtype=bool)  # the verdicts in the order the features were tested
+    unsorted[order] = drifted[:order.size]
+    for name, (have, cur, aggregate, start, stop) in features.items():
+        drifting = tests["device"][start:stop][unsorted[start:stop]]
+        # One device is never "most of the fleet": in a fleet of two, the one that drifts
+        # alone is local (the issue's test case: only that device is flagged).
+        many = drifting.size >= 2 and drifting.size >= config.fleet_fraction * (stop - start)
+        local = np.zeros(drifting.size, dtype=bool)
+        if drifting.size and not many:
+            own = cur[np.searchsorted(have, drifting)]
+            local = _breaks_away(entries[name], aggregate - own, own, rows[drifting], config)
+        for i, breaks in zip(drifting.tolist(), local.tolist()):
+            scope[(devices[i], name)] = "device" if breaks else "fleet"
         if name in fleet and fleet[name].drifted:
-            follows = not drifting or any(scope[(d, name)] == "fleet" for d in drifting)
+            follows = not drifting.size or not local.all()
             scope[(FLEET, name)] = "fleet" if follows else "device"
-    return FleetDrift(devices={d: list(r.values()) for d, r in tested.items()}, fleet=list(fleet.values()),
-                      scope=scope, skipped=tuple(skipped), tests=len(family))
+    return FleetDrift(devices=by_device, fleet=list(fleet.values()), scope=scope,
+                      skipped=tuple(d for d, n in zip(devices, rows) if n < config.min_rows), tests=len(positions))
 
 
-def _breaks_away(entry: dict, rest_counts, device_counts, rows: int, config: DetectorConfig) -> bool:
-    """Does this device differ from the rest of the fleet (all other devices summed), too?
+def _test_features(entries: dict, current: dict, devices: list, rows: np.ndarray, config: DetectorConfig):
+    """Test each feature on every device with enough rows, and on the fleet aggregate.
+
+    Returns the device tests ({"device": index, "position": of the feature, FIELDS...: arrays},
+    feature by feature), the fleet tests [(first device, position, {FIELDS: value})] and per
+    feature (devices sending it, their counts, the aggregate, where its tests lie in the arrays).
+    """
+    big = rows >= config.min_rows
+    parts: dict[str, list] = {k: [np.zeros(0, dtype=np.int64)] for k in ("device", "position", *FIELDS)}
+    fleet_tests, features, done = [], {}, 0
+    for position, (name, entry) in enumerate(entries.items()):
+        have = np.array([i for i, d in enumerate(devices) if name in current[d]], dtype=np.int64)
+        if not have.size:
+            continue
+        ref, cur = _stack(entry, [current[devices[i]][name] for i in have])
+        aggregate, chosen = cur.sum(axis=0), big[have]
+        result = _drift_batch(entry, ref, np.vstack([cur[chosen], aggregate]),
+                              np.append(rows[have][chosen], rows.sum()), config)
+        keep = (result["n"] >= config.min_rows) & ~np.isnan(result["p_value"])  # NaN: an empty reference
+        if keep[-1]:
+            fleet_tests.append((int(have[0]), position, {k: v[-1] for k, v in result.items()}))
+        tested = np.flatnonzero(keep[:-1])
+        parts["device"].append(have[chosen][tested])
+        parts["position"].append(np.full(tested.size, position))
+        for k in FIELDS:
+            parts[k].append(result[k][tested])
+        features[name] = (have, cur, aggregate, done, done + tested.size)
+        done += tested.size
+    fleet_tests.sort(key=lambda test: test[:2])
+    return {k: np.concatenate(v) for k, v in parts.items()}, fleet_tests, features
+
+
+def _feature_drifts(entries: dict, positions: list, family: dict, drifted) -> list[FeatureDrift]:
+    names = list(entries)
+    kinds = [entries[n]["kind"] for n in names]
+    sources = ["output" if "output" in entries[n] else "feature" for n in names]
+    columns = [family[k].tolist() for k in FIELDS[:4]] + [_nan_to_none(family[k]) for k in FIELDS[4:]]
+    # Positional: tens of thousands of these per evaluation (field order of FeatureDrift).
+    return [FeatureDrift(names[f], kinds[f], "chi_squared", s, p, psi, n, d, sources[f], js, ks, w)
+            for f, d, s, p, psi, n, js, ks, w in zip(positions, drifted.tolist(), *columns)]
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    out = values.astype(object)
+    out[~np.isfinite(values)] = None
+    return out.tolist()
+
+
+def _breaks_away(entry: dict, rest: np.ndarray, device: np.ndarray, rows: np.ndarray,
+                 config: DetectorConfig) -> np.ndarray:
+    """Does each device (a row) differ from the rest of the fleet (all other devices summed), too?
 
     A device that drifted from the reference but looks like its peers follows a fleet-wide
     change (each device alone may be too small to pass BH). One that differs from its peers as
     well is local. This is a classification, not a discovery, so it is a single test at alpha,
     with half the PSI floor as margin (the rest of the fleet is noisier than the reference).
     """
-    rest = dict(entry)
-    rest["counts" if entry["kind"] == "numeric" else "categories"] = rest_counts
-    rest_total = sum(rest_counts.values()) if isinstance(rest_counts, dict) else float(np.sum(rest_counts))
-    if rest_total < config.min_rows:
-        return True  # no peers to compare with
-    versus = feature_drift(rest, device_counts, config, rows)
-    return versus.p_value is not None and versus.p_value <= config.alpha and versus.psi >= config.min_psi / 2
-
-
-def drift_key(device_id: str, feature: str) -> str:
-    """Hysteresis key of a (device, feature) pair; device ids never hold "|" (docs/telemetry.md)."""
-    return f"{device_id}|{feature}"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    device_id, _, feature = key.partition("|")
-    return device_id, feature
-
-
-class Hysteresis:
-    """Per key: raise after ``enter_after`` consecutive drifted evaluations, clear after
-    ``exit_after`` consecutive clean ones. A key not updated in an evaluation (device offline,
-    too few rows) keeps its state. ``to_dict()`` is JSON-ready, for Store.set_state.
-    """
-
-    def __init__(self, enter_after: int, exit_after: int, state: dict | None = None):
-        for label, value in (("enter_after", enter_after), ("exit_after", exit_after)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a whole number >= 1, got {value!r}")
-        self.enter_after, self.exit_after = enter_after, exit_after
-        self._keys: dict[str, dict] = {}
-        for key, item in ((state or {}).get("keys") or {}).items():
-            if not (isinstance(item, dict) and isinstance(item.get("active"), bool)
-                    and isinstance(item.get("streak"), int) and item["streak"] >= 0):
-                raise ValueError(f"hysteresis state for {key!r} is malformed: {item!r}")
-            self._keys[str(key)] = {"active": item["active"], "streak": item["streak"]}
-
-    def update(self, key: str, drifted: bool) -> str | None:
-        """Feed one evaluation's verdict; returns "raised", "cleared" or None."""
-        item = self._keys.setdefault(key, {"active": False, "streak": 0})
-        event = None
-        if item["active"] != bool(drifted):  # a verdict against the current state builds a streak
-            item["streak"] += 1
-            needed = self.exit_after if item["active"] else self.enter_after
-            if item["streak"] >= needed:
-                item["active"], item["streak"] = not item["active"], 0
-                event = "raised" if item["active"] else "cleared"
-        else:
-            item["streak"] = 0
-        if not item["active"] and item["streak"] == 0:
-            del self._keys[key]  # the default state: keep the persisted state small
-        return event
-
-    def active(self) -> set[str]:
-        return {k for k, item in self._keys.items() if item["active"]}
-
-    def to_dict(self) -> dict:
-        return {"version": 1, "enter_after": self.enter_after, "exit_after": self.exit_after,
-                "keys": {k: dict(item) for k, item in sorted(self._keys.items())}}
+    out = np.ones(len(device), dtype=bool)  # no peers to compare with: local
+    peers = rest.sum(axis=1) >= config.min_rows
+    if peers.any():
+        versus = _drift_batch(entry, rest[peers], device[peers], rows[peers], config)
+        out[peers] = (versus["p_value"] <= config.alpha) & (versus["psi"] >= config.min_psi / 2)
+    return out

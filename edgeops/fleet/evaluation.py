@@ -6,7 +6,7 @@ features and on the outputs (prediction drift). Latency, error rate and accuracy
 with a baseline (signals.py): the device's own first horizon with enough traffic, kept in the
 store; for accuracy the bundle manifest's evaluation accuracy when it has one.
 
-Alerts are deduplicated with detectors.Hysteresis (state in the store, so a restart neither
+Alerts are deduplicated with hysteresis.Hysteresis (state in the store, so a restart neither
 repeats nor forgets an alert): one "raised" alert when a condition holds for ``enter_after``
 evaluations, one "cleared" when it has been gone for ``exit_after``. Drift of a feature on a
 minority of devices alerts per device; drift that the detector classifies as fleet-wide alerts
@@ -28,7 +28,8 @@ import numpy as np
 from . import signals
 from .alerts import FLEET, build_alert
 from .detectors import ROWS as ROWS_KEY
-from .detectors import DetectorConfig, FeatureDrift, Hysteresis, evaluate_fleet
+from .detectors import DetectorConfig, FeatureDrift, evaluate_fleet
+from .hysteresis import Hysteresis
 from .pool import ignore_interrupts
 from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
 from .store import open_store

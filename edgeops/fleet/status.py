@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import InputFileError
 from .alerts import FLEET
-from .detectors import Hysteresis
+from .hysteresis import Hysteresis
 from .store import open_store, sqlite_path
 
 TOP_FEATURES = 5
