@@ -1,6 +1,7 @@
 """The fleet store on a real SQLite file and a real PostgreSQL (127.0.0.1:5432, database `test`,
 one fresh schema per test, dropped afterwards): idempotent ingestion, liveness, quarantine,
-drift/alert/state round trips, concurrent writers, schema versioning and URL errors."""
+drift/alert/state round trips, concurrent writers, LZ4-compressed payloads (and the text fallback
+without lz4), schema versioning with the upgrade of a real version-1 database, and URL errors."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,18 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
+import lz4.block
 import numpy as np
 import pytest
 
 from edgeops.errors import InputFileError, UsageError
 from edgeops.fleet import store as store_module
+from edgeops.fleet import store_schema
 from edgeops.fleet.ingest import parse_message
-from edgeops.fleet.store import open_store, sqlite_path
+from edgeops.fleet.store import StoreError, open_store, sqlite_path
 from test_fleet_ingest import BUNDLE_ID, encode, make_heartbeat, make_status, make_window, parsed_window, topic
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -66,6 +70,20 @@ def heartbeat(device_id, ts, received=None, instance="4f1c0a9b"):
 
 def by_id(store):
     return {d["device_id"]: d for d in store.devices()}
+
+
+def raw_sql(url, sql, params=()):
+    """Run one statement on the database beside the store (to read raw columns, or tamper)."""
+    if url.startswith("postgresql"):
+        import psycopg
+        with psycopg.connect(url, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+    conn = sqlite3.connect(url, isolation_level=None)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def test_ingestion_is_idempotent(store):
@@ -315,15 +333,11 @@ def test_stores_opened_at_the_same_moment_on_a_new_database(store_url, tmp_path)
 
 def test_a_newer_schema_is_refused(store_url):
     open_store(store_url).close()
-    if store_url.startswith("postgresql"):
-        import psycopg
-        with psycopg.connect(store_url, autocommit=True) as conn:
-            conn.execute("UPDATE schema_version SET version = 99")
-    else:
-        with sqlite3.connect(store_url) as conn:
-            conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(InputFileError, match="schema version 99"):
+    newer = store_schema.SCHEMA_VERSION + 1
+    raw_sql(store_url, f"UPDATE schema_version SET version = {newer}")
+    with pytest.raises(InputFileError, match=f"schema version {newer}, newer than this edgeops reads"):
         open_store(store_url)
+    assert raw_sql(store_url, "SELECT version FROM schema_version") == [(newer,)]   # left as it was
 
 
 def test_store_urls_and_their_errors(tmp_path):
@@ -366,3 +380,194 @@ except MissingDependencyError as exc:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["psycopg", "monitor"]
+
+
+# -- compressed payloads -------------------------------------------------------------------------------
+
+def test_window_payloads_are_stored_lz4_compressed_and_read_back_exactly(store, store_url):
+    batch = windows_for(["a", "b"], range(1, 6))
+    assert store.insert_windows(batch) == 10
+    raw = raw_sql(store_url, "SELECT device_id, seq, payload, payload_lz4 FROM windows ORDER BY device_id, seq")
+    sent = {(m.device_id, m.payload["seq"]): m.text for m in batch}
+    for device, seq, text, packed in raw:
+        original = sent[(device, seq)].encode()
+        assert text == "" and isinstance(packed, bytes)
+        assert len(packed) < 0.7 * len(original)                       # really compressed, not just moved
+        assert lz4.block.decompress(packed) == original                # the text as received, byte for byte
+    assert store.windows() == [m.payload for m in sorted(batch, key=lambda m: (m.payload["window"]["end"],
+                                                                             m.device_id))]
+    assert store.insert_windows(batch[:3]) == 0                        # idempotent as before
+
+
+def test_without_lz4_payloads_are_stored_as_text_and_compressed_rows_ask_for_it(store, store_url, monkeypatch):
+    monkeypatch.setattr(store_schema, "lz4", None)                     # as if lz4 were not installed
+    plain = windows_for(["plain"], [1, 2])
+    assert store.insert_windows(plain) == 2 and store.insert_windows(plain) == 0
+    raw = raw_sql(store_url, "SELECT payload, payload_lz4 FROM windows ORDER BY seq")
+    assert raw == [(m.text, None) for m in plain]
+    assert store.windows() == [m.payload for m in plain]
+
+    monkeypatch.setattr(store_schema, "lz4", lz4)                      # a process that has lz4 writes next
+    packed = windows_for(["packed"], [1])
+    assert store.insert_windows(packed) == 1
+    assert [w["device_id"] for w in store.windows()] == ["packed", "plain", "plain"]   # both kinds, one list
+
+    monkeypatch.setattr(store_schema, "lz4", None)
+    assert store.windows(device_id="plain") == [m.payload for m in plain]
+    with pytest.raises(StoreError, match=r"pip install 'edgeops\[monitor\]'"):
+        store.windows()
+
+
+def test_the_store_works_when_lz4_cannot_be_imported(tmp_path):
+    code = f"""
+import sys
+sys.modules['lz4'] = None  # not installed: only the stdlib (and psycopg) are there
+sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+from test_fleet_ingest import parsed_window
+from edgeops.fleet.store import open_store
+with open_store({str(tmp_path / 'x.db')!r}) as s:
+    m = parsed_window('a', 1)
+    assert s.insert_windows([m]) == 1 and s.windows() == [m.payload]
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert raw_sql(str(tmp_path / "x.db"), "SELECT payload_lz4 IS NULL, length(payload) > 1000 FROM windows") \
+        == [(1, 1)]
+
+
+# -- upgrading a version-1 database --------------------------------------------------------------------
+# The version-1 schema as edgeops created it (kept here verbatim: the upgrade must work on what
+# is really out there, not on what the current DDL minus a column happens to be).
+V1_TYPES = {
+    "sqlite": {"text": "TEXT", "real": "REAL", "int": "INTEGER", "bool": "INTEGER", "bytes": "BLOB",
+               "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgresql": {"text": "TEXT", "real": "DOUBLE PRECISION", "int": "BIGINT", "bool": "BOOLEAN",
+                   "bytes": "BYTEA", "serial": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"},
+}
+V1_DDL = (
+    "CREATE TABLE schema_version (version {int} NOT NULL)",
+    """CREATE TABLE devices (device_id {text} PRIMARY KEY, online {bool}, status_ts {real}, last_seen {real},
+        last_seq {int}, last_end {real}, window_count {int} NOT NULL DEFAULT 0, instance {text},
+        agent_version {text}, info_ts {real}, bundle_id {text}, bundle_name {text}, bundle_version {text},
+        bundle_ts {real})""",
+    """CREATE TABLE windows (device_id {text} NOT NULL, instance {text} NOT NULL, seq {int} NOT NULL,
+        bundle_id {text} NOT NULL, variant {text} NOT NULL, role {text} NOT NULL, window_start {real} NOT NULL,
+        window_end {real} NOT NULL, requests {int} NOT NULL, rows {int} NOT NULL, errors {int} NOT NULL,
+        rejected {int} NOT NULL, p95_latency_ms {real}, received {real} NOT NULL, payload {text} NOT NULL,
+        PRIMARY KEY (device_id, instance, seq))""",
+    """CREATE TABLE heartbeats (device_id {text} PRIMARY KEY, ts {real} NOT NULL, received {real} NOT NULL,
+        count {int} NOT NULL, payload {text} NOT NULL)""",
+    """CREATE TABLE quarantine (id {serial}, received {real} NOT NULL, topic {text} NOT NULL,
+        reason {text} NOT NULL, size {int} NOT NULL, payload {bytes} NOT NULL)""",
+    "CREATE TABLE quarantine_counts (reason {text} PRIMARY KEY, count {int} NOT NULL)",
+    """CREATE TABLE reference_stats (bundle_id {text} PRIMARY KEY, saved {real} NOT NULL, manifest {text} NOT NULL,
+        refstats {text} NOT NULL)""",
+    """CREATE TABLE drift (id {serial}, evaluated_at {real} NOT NULL, device_id {text} NOT NULL,
+        bundle_id {text} NOT NULL, feature {text} NOT NULL, kind {text}, test {text}, statistic {real},
+        p_value {real}, psi {real}, n {int}, drifted {bool} NOT NULL, scope {text})""",
+    "CREATE TABLE alerts (id {serial}, ts {real} NOT NULL, device_id {text}, payload {text} NOT NULL)",
+    "CREATE TABLE state (key {text} PRIMARY KEY, updated {real} NOT NULL, value {text} NOT NULL)",
+    "CREATE INDEX windows_by_end ON windows (window_end)",
+    "CREATE INDEX windows_by_bundle ON windows (bundle_id, window_end)",
+    "CREATE INDEX windows_by_device ON windows (device_id, window_end)",
+    "CREATE INDEX drift_by_time ON drift (evaluated_at)",
+    "CREATE INDEX drift_by_device ON drift (device_id, feature, evaluated_at)",
+    "CREATE INDEX alerts_by_time ON alerts (ts)",
+)
+V1_INSERT_WINDOW = ("INSERT INTO windows (device_id, instance, seq, bundle_id, variant, role, window_start, "
+                    "window_end, requests, rows, errors, rejected, p95_latency_ms, received, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def make_v1_database(url, messages):
+    """A version-1 fleet database with ``messages`` (windows) in it, written as version 1 wrote them."""
+    rows = []
+    for m in messages:
+        p = m.payload
+        rows.append((m.device_id, p["agent"]["instance"], p["seq"], p["bundle"]["id"], p["variant"]["name"],
+                     p["variant"]["role"], p["window"]["start"], p["window"]["end"], p["requests"]["count"],
+                     p["requests"]["rows"], p["requests"]["errors"], p["requests"]["rejected"],
+                     p["latency_ms"]["p95"], m.received, m.text))
+    if url.startswith("postgresql"):
+        import psycopg
+        with psycopg.connect(url) as conn:                             # one transaction
+            for sql in V1_DDL:
+                conn.execute(sql.format(**V1_TYPES["postgresql"]))
+            conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            conn.cursor().executemany(V1_INSERT_WINDOW.replace("?", "%s"), rows)
+        return
+    conn = sqlite3.connect(url, isolation_level=None)
+    conn.execute("PRAGMA page_size = 8192")
+    conn.execute("PRAGMA journal_mode = WAL")
+    with conn:
+        for sql in V1_DDL:
+            conn.execute(sql.format(**V1_TYPES["sqlite"]))
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.executemany(V1_INSERT_WINDOW, rows)
+    conn.close()
+
+
+def test_a_version_1_database_is_upgraded_in_place_by_stores_opening_it_at_once(store_url):
+    old = windows_for(["a", "b"], range(1, 4))
+    make_v1_database(store_url, old)
+    assert raw_sql(store_url, "SELECT version FROM schema_version") == [(1,)]
+
+    # The monitor, its evaluator, parser workers and the dashboard open the database at once. A
+    # writer holding the windows table makes them all find version 1 and then queue up for the
+    # upgrade together: the race that the schema lock must settle (one upgrades, the others find
+    # it done), made certain rather than left to timing.
+    app = "edgeops_upgrade_" + uuid.uuid4().hex[:8]
+    is_pg = store_url.startswith("postgresql")
+    url = store_url + f"&application_name={app}" if is_pg else store_url
+    if is_pg:
+        import psycopg
+        holder = psycopg.connect(store_url)
+        holder.execute("LOCK TABLE windows IN ACCESS EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(store_url, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    errors = []
+
+    def opener():
+        try:
+            with open_store(url) as s:
+                s.windows()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not errors:
+        if is_pg:   # all four waiting on a lock (the table, or the schema lock)
+            waiting = raw_sql(store_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ? "
+                                         "AND wait_event_type = 'Lock'", (app,))[0][0]
+            if waiting == len(threads):
+                break
+        else:       # SQLite cannot tell who waits: give them the time to read the version
+            time.sleep(0.5)
+            break
+        time.sleep(0.02)
+    if is_pg:
+        holder.commit()
+    else:
+        holder.execute("COMMIT")
+    holder.close()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert raw_sql(store_url, "SELECT version FROM schema_version") == [(store_schema.SCHEMA_VERSION,)]
+
+    with open_store(store_url) as s:
+        expected = sorted(old, key=lambda m: (m.payload["window"]["end"], m.device_id))
+        assert s.windows() == [m.payload for m in expected]            # the old text rows, unchanged
+        assert s.insert_windows(old[:2]) == 0                          # old keys still deduplicate
+        new = windows_for(["a"], [4, 5])
+        assert s.insert_windows(new) == 2
+        assert [w["seq"] for w in s.windows(device_id="a")] == [1, 2, 3, 4, 5]
+    raw = dict(((d, q), (t, b)) for d, q, t, b in
+               raw_sql(store_url, "SELECT device_id, seq, payload, payload_lz4 FROM windows"))
+    assert raw[("a", 1)] == (old[0].text, None)                        # untouched by the upgrade
+    assert raw[("a", 4)][0] == "" and lz4.block.decompress(raw[("a", 4)][1]) == new[0].text.encode()
+    open_store(store_url).close()                                      # opening again changes nothing
+    assert raw_sql(store_url, "SELECT version FROM schema_version") == [(store_schema.SCHEMA_VERSION,)]

@@ -15,7 +15,7 @@ from collections import Counter
 from edgeops.errors import InputFileError, UsageError
 from edgeops.fleet.ingest import Message
 from edgeops.fleet.store_records import RecordsMixin, finite_or_none, to_json
-from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError
+from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError, pack_payload, unpack_payload
 
 __all__ = ["Store", "StoreError", "open_store", "sqlite_path"]
 
@@ -25,8 +25,8 @@ P95_HORIZON_S = 3600.0
 FLEET = "__fleet__"
 
 _WINDOW_COLUMNS = ("device_id, instance, seq, bundle_id, variant, role, window_start, window_end, requests, rows, "
-                   "errors, rejected, p95_latency_ms, received, payload")
-_INSERT_WINDOW = (f"INSERT INTO windows ({_WINDOW_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+                   "errors, rejected, p95_latency_ms, received, payload, payload_lz4")
+_INSERT_WINDOW = (f"INSERT INTO windows ({_WINDOW_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
                   "ON CONFLICT (device_id, instance, seq) DO NOTHING")
 
 
@@ -128,6 +128,7 @@ class Store(RecordsMixin):
         """Store window messages in one transaction; returns how many were new.
 
         Idempotent: a window already stored (same device, agent instance and seq) is skipped.
+        Payloads are stored LZ4-compressed when the lz4 package is installed (store_schema.py).
         Rows go in sorted by key so that concurrent writers lock them in the same order.
         """
         rows: dict[tuple, tuple] = {}
@@ -142,8 +143,7 @@ class Store(RecordsMixin):
             rows[key] = key + (
                 p["bundle"]["id"], p["variant"]["name"], p["variant"]["role"], float(span["start"]),
                 float(span["end"]), requests["count"], requests["rows"], requests["errors"], requests["rejected"],
-                finite_or_none(p["latency_ms"].get("p95")), float(m.received),
-                m.text if m.text else to_json(p))
+                finite_or_none(p["latency_ms"].get("p95")), float(m.received)) + pack_payload(m.text or to_json(p))
         if not rows:
             return 0
         ordered = [rows[k] for k in sorted(rows)]
@@ -326,16 +326,19 @@ class Store(RecordsMixin):
 
     def windows(self, device_id: str | None = None, bundle_id: str | None = None, since: float | None = None,
                 until: float | None = None) -> list[dict]:
-        """Stored window payloads ordered by window end; ``since <= window.end < until``."""
+        """Stored window payloads ordered by window end; ``since <= window.end < until``.
+
+        Raises StoreError if a payload is stored compressed and the ``lz4`` package is missing.
+        """
         where, params = [], []
         for clause, value in (("device_id = ?", device_id), ("bundle_id = ?", bundle_id),
                               ("window_end >= ?", since), ("window_end < ?", until)):
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        sql = "SELECT payload FROM windows" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT payload, payload_lz4 FROM windows" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._db.query(sql + " ORDER BY window_end, device_id, seq", tuple(params))
-        return [json.loads(r[0]) for r in rows]
+        return [unpack_payload(text, packed) for text, packed in rows]
 
     def close(self) -> None:
         self._db.close()

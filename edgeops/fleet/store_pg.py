@@ -5,8 +5,8 @@ messages over them), so every write must tolerate a concurrent writer:
 - windows go in with ON CONFLICT DO NOTHING, rows sorted by key, so two transactions inserting
   overlapping batches wait for each other in the same order instead of deadlocking;
 - a transaction that still loses a deadlock or serialization race is retried;
-- creating the tables takes a transaction-scoped advisory lock (two processes starting at once
-  would otherwise both try to create them).
+- creating or upgrading the tables takes a transaction-scoped advisory lock (two processes
+  starting at once would otherwise both try to create or alter them).
 The connection runs in autocommit mode and writes use explicit transactions, so no session is
 ever left "idle in transaction" holding a snapshot.
 """
@@ -17,7 +17,7 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 from edgeops.errors import InputFileError, MissingDependencyError, UsageError, first_line
-from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError, create_statements
+from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError, create_statements, upgrade_statements
 
 SCHEMA_LOCK = 0x6564_6765_6F70  # pg_advisory_xact_lock key: "edgeop"
 RETRIES = 6
@@ -149,6 +149,8 @@ class PostgresBackend:
         return row[0][0] if row and row[0][0] is not None else 0
 
     def ensure_schema(self, check) -> None:
+        """Create the tables when missing or upgrade an older schema in place, in one transaction;
+        ``check(version)`` refuses a version it cannot read."""
         def work(db):
             schema = db.fetch("SELECT current_schema()")[0][0]
             if schema is None:
@@ -156,20 +158,32 @@ class PostgresBackend:
                                  "(search_path names none that exists)",
                                  "create the schema, or fix options=-csearch_path=... in the URL")
             version = db._schema_version()
-            if version is None:
+            if version is None or version < SCHEMA_VERSION:
                 db.fetch("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-                version = db._schema_version()  # another process may have created it meanwhile
-            if version is not None:
+                # Another process may have created or upgraded it meanwhile (READ COMMITTED: this
+                # statement sees what committed before the lock was granted).
+                version = db._schema_version()
+            if version is None:
+                for sql in create_statements(self.dialect):
+                    db.execute(sql)
+                lz4 = db.fetch("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                               "WHERE name = 'default_toast_compression'")
+                if lz4 and lz4[0][0]:
+                    # lz4 compresses the JSON payloads several times faster than the default pglz
+                    # (payloads are stored as text when the client has no lz4 package).
+                    db.execute("ALTER TABLE windows ALTER COLUMN payload SET COMPRESSION lz4")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            else:
                 check(version)
-                return
-            for sql in create_statements(self.dialect):
-                db.execute(sql)
-            lz4 = db.fetch("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
-            if lz4 and lz4[0][0]:
-                # lz4 compresses the JSON payloads several times faster than the default pglz.
-                db.execute("ALTER TABLE windows ALTER COLUMN payload SET COMPRESSION lz4")
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        self.run(work, "creating the tables")
+                if version >= SCHEMA_VERSION:
+                    return
+                # ADD COLUMN without a default only changes the catalog: instant, whatever the table size.
+                for sql in upgrade_statements(self.dialect, version):
+                    db.execute(sql)
+            # Already compressed by the client: TOAST may move it out of line, but need not try
+            # to compress it again (that attempt always fails, and costs server CPU per row).
+            db.execute("ALTER TABLE windows ALTER COLUMN payload_lz4 SET STORAGE EXTERNAL")
+        self.run(work, "creating or upgrading the tables")
 
     def close(self) -> None:
         if self.conn is not None:

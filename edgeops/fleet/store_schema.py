@@ -2,15 +2,23 @@
 
 The logical schema is the same on both; only column types differ (``{real}`` is REAL in SQLite
 and DOUBLE PRECISION in PostgreSQL, and so on). ``SCHEMA_VERSION`` is stored in the database; a
-database written by a newer edgeops is refused rather than misread.
+database written by a newer edgeops is refused rather than misread, and an older one is upgraded
+in place when opened (``UPGRADES``: one transaction, serialized by the backends' schema lock).
 
 Notes on choices:
 - windows are keyed by (device_id, instance, seq): a redelivered window (same agent instance,
   same seq) is ignored, while an agent whose buffer directory was wiped (new instance, seq
   starting again at 1, telemetry.md) still gets its new windows stored.
-- The full window payload is kept as JSON text (TEXT in both databases, not JSONB: storing the
-  validated text as received costs nothing to encode, and PostgreSQL's JSONB refuses some
-  escapes that JSON allows, such as \\u0000).
+- The full window payload is kept as received, as JSON text, LZ4-compressed when the ``lz4``
+  package is installed: ``payload_lz4`` then holds the compressed UTF-8 text and ``payload`` ''.
+  A window is ~9 KB of JSON that compresses ~3x (histograms, repeated keys) in ~6 us, and
+  every byte stored is written twice (WAL, then checkpoint): in SQLite, storing a 9 KB window
+  took ~55 us and 9.4 KB of file as text, ~43 us and 4.3 KB compressed (reading back costs
+  ~2 us more, against ~100 us for json.loads). The windows table is the bulk of the database.
+  Without lz4 (stdlib + psycopg only) the text goes into ``payload`` as before; rows of both
+  kinds, and rows of version 1, read the same.
+  Text, not JSONB: storing the validated text as received costs nothing to encode, and
+  PostgreSQL's JSONB refuses some escapes that JSON allows, such as \\u0000.
 - devices holds what the device list needs (liveness, last window, window count) so that
   listing a fleet never scans the windows table.
 - quarantine keeps the newest rejected payloads (truncated) for inspection; quarantine_counts
@@ -18,9 +26,16 @@ Notes on choices:
 """
 from __future__ import annotations
 
+import json
+
 from edgeops.errors import InputFileError
 
-SCHEMA_VERSION = 1
+try:
+    import lz4.block
+except ImportError:  # optional (the monitor extra): without it payloads are stored as plain text
+    lz4 = None
+
+SCHEMA_VERSION = 2
 
 
 class StoreError(InputFileError):
@@ -66,6 +81,7 @@ TABLES = {
         p95_latency_ms {real},
         received {real} NOT NULL,
         payload {text} NOT NULL,
+        payload_lz4 {bytes},
         PRIMARY KEY (device_id, instance, seq))""",
     "heartbeats": """CREATE TABLE heartbeats (
         device_id {text} PRIMARY KEY,
@@ -123,7 +139,46 @@ INDEXES = (
 )
 
 
+# What turns a database of version N-1 into version N; old rows stay as they are (readable).
+UPGRADES = {
+    2: ("ALTER TABLE windows ADD COLUMN payload_lz4 {bytes}",),
+}
+
+
 def create_statements(dialect: str) -> list[str]:
     """Every CREATE statement of the current schema for ``dialect`` ("sqlite" | "postgresql")."""
     types = TYPES[dialect]
     return [sql.format(**types) for sql in TABLES.values()] + list(INDEXES)
+
+
+def upgrade_statements(dialect: str, version: int) -> list[str]:
+    """The statements that bring a database of ``version`` to ``SCHEMA_VERSION``, then record it."""
+    types = TYPES[dialect]
+    steps = [sql.format(**types) for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1) for sql in UPGRADES[v]]
+    # DELETE + INSERT rather than UPDATE: also right for a version table that holds no row.
+    return steps + ["DELETE FROM schema_version", f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION})"]
+
+
+# -- the window payload --------------------------------------------------------------------------
+# lz4.block rather than lz4.frame: a row holds one small value, which needs none of the frame's
+# header, end mark, checksum or streaming. Block is ~70 bytes smaller per window and a little
+# faster both ways; store_size=True prefixes the original length (4 bytes, little-endian, then a
+# raw LZ4 block that any LZ4 library decodes) so that decompression allocates once.
+
+def pack_payload(text: str) -> tuple[str, bytes | None]:
+    """(payload, payload_lz4) column values for a window's JSON text."""
+    if lz4 is None:
+        return text, None
+    raw = text.encode()
+    packed = lz4.block.compress(raw, store_size=True)
+    return ("", packed) if len(packed) < len(raw) else (text, None)
+
+
+def unpack_payload(text: str, packed) -> dict:
+    """The window dict from its (payload, payload_lz4) columns."""
+    if packed is None:
+        return json.loads(text)
+    if lz4 is None:
+        raise StoreError("the fleet database holds LZ4-compressed window payloads and the Python package 'lz4' "
+                         "is not installed", "install it with: pip install 'edgeops[monitor]'")
+    return json.loads(lz4.block.decompress(packed))

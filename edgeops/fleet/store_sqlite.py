@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 
 from edgeops.errors import InputFileError
-from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError, create_statements
+from edgeops.fleet.store_schema import SCHEMA_VERSION, StoreError, create_statements, upgrade_statements
 
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 32 * 1024  # the windows indexes stay in memory while a large table grows
@@ -134,20 +134,30 @@ class SqliteBackend:
         return row[0] if row and row[0] is not None else 0
 
     def ensure_schema(self, check) -> None:
-        """Create the tables when missing; ``check(version)`` refuses a version it cannot read."""
+        """Create the tables when missing, upgrade an older schema in place; ``check(version)``
+        refuses a version it cannot read.
+
+        Creating and upgrading run in one BEGIN IMMEDIATE transaction: it holds the write lock, so
+        of several processes opening the file at once one does the work and the others, reading
+        the version again under the lock, find it done.
+        """
         try:
             version = self.schema_version()
             if version is not None:
                 check(version)
-                return
-            with self._transaction():
-                version = self.schema_version()  # another process may have created it meanwhile
-                if version is not None:
-                    check(version)
+                if version >= SCHEMA_VERSION:
                     return
-                for sql in create_statements(self.dialect):
-                    self.conn.execute(sql)
-                self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            with self._transaction():
+                version = self.schema_version()  # another process may have created or upgraded it meanwhile
+                if version is None:
+                    for sql in create_statements(self.dialect):
+                        self.conn.execute(sql)
+                    self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                    return
+                check(version)
+                if version < SCHEMA_VERSION:
+                    for sql in upgrade_statements(self.dialect, version):
+                        self.conn.execute(sql)
         except sqlite3.DatabaseError as exc:
             raise InputFileError(f"cannot use the SQLite database {self.path}: {exc}",
                                  "give an edgeops fleet database, or a new file name to create one") from None
