@@ -31,7 +31,7 @@ from .detectors import ROWS as ROWS_KEY
 from .detectors import DetectorConfig, FeatureDrift, evaluate_fleet
 from .hysteresis import Hysteresis
 from .pool import ignore_interrupts
-from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
+from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR, Layout
 from .store import open_store
 
 OUTPUT_PREFIX = "output:"  # drift rows of model outputs (prediction drift) are named output:NAME
@@ -100,11 +100,18 @@ class Evaluator:
                 self._pool.shutdown(wait=False, cancel_futures=True)
             self.store.close()
 
-    def _evaluate_fleet(self, refstats: dict, current: dict):
-        """detectors.evaluate_fleet, in the child process if there is one; None when stopping."""
+    def _distribution_drift(self, ref, devices: dict, now: float, rows: list) -> dict | None:
+        """``distribution_drift`` in the child process if there is one (which also stores its drift
+        rows), else here (its rows go to ``rows``). None when stopping."""
+        device_ids = list(devices)
+        if not device_ids:
+            return {}
+        counts = np.stack([devices[d][0] for d in device_ids])
+        row_counts = np.array([int(devices[d][1][ROWS]) for d in device_ids], dtype=np.int64)
+        args = (ref.refstats, ref.bundle_id, ref.bundle(), device_ids, counts, row_counts, self.config.detector, now)
         if self._pool is not None:
             try:
-                return self._pool.submit(evaluate_fleet, refstats, current, self.config.detector).result()
+                return self._pool.submit(distribution_drift, *args, db_url=self.monitor.config.db_url).result()[1]
             except (BrokenProcessPool, RuntimeError, OSError, CancelledError) as exc:
                 if self._stop.is_set():
                     return None
@@ -112,7 +119,9 @@ class Evaluator:
                                  "monitor process from now on")
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
-        return evaluate_fleet(refstats, current, self.config.detector)
+        found, conditions = distribution_drift(*args)
+        rows.extend(found)
+        return conditions
 
     def _load_state(self) -> None:
         if self.hysteresis is None:
@@ -135,7 +144,10 @@ class Evaluator:
             ref, layout = monitor.reference(bundle_id, self.store), layouts.get(bundle_id)
             if ref is None or layout is None:
                 continue
-            self._distribution(ref, layout, devices, rows, conditions)
+            found = self._distribution_drift(ref, devices, now, rows)
+            if found is None:
+                return []  # stopping
+            conditions.update(found)
             for device_id, (_, extras) in devices.items():
                 self._operational(ref, device_id, extras, signals_by_key)
         self._signal_conditions(signals_by_key, rows, conditions)
@@ -150,44 +162,6 @@ class Evaluator:
         return alerts
 
     # -- distributions (features, outputs) ---------------------------------------------------
-
-    def _distribution(self, ref, layout, devices, rows, conditions) -> None:
-        """Input drift and prediction drift (outputs) of one bundle, in one BH family."""
-        feature_names = set(layout.split(np.zeros(layout.size, dtype=np.int64), "features"))
-        current = {}
-        for device_id, (counts, extras) in devices.items():
-            entry = layout.split(counts, "features")
-            for name, value in layout.split(counts, "outputs").items():
-                # detectors.reference_entries' naming: an output named like a feature is output:NAME
-                entry[OUTPUT_PREFIX + name if name in feature_names else name] = value
-            entry[ROWS_KEY] = int(extras[ROWS])
-            current[device_id] = entry
-        result = self._evaluate_fleet(ref.refstats, current)
-        if result is None:
-            return
-        bundle = ref.bundle()
-        skipped = set(result.skipped)
-        for device_id, drifts in result.devices.items():
-            for d in drifts:
-                rows.append(_row(device_id, ref.bundle_id, d, result.scope.get((device_id, d.feature))))
-            if device_id in skipped:
-                continue  # too few rows to say anything: the alert state stays as it is
-            for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
-                local = [d for d in drifts if d.source == source and d.drifted
-                         and result.scope.get((device_id, d.feature)) != "fleet"]
-                conditions[f"{kind}|{ref.bundle_id}|{device_id}"] = (bool(local), {
-                    "device_id": device_id, "bundle": bundle, "type": kind, "scope": "device",
-                    "features": _features(local)})
-        for d in result.fleet:
-            rows.append(_row(FLEET, ref.bundle_id, d, result.scope.get((FLEET, d.feature))))
-        if not result.fleet:
-            return
-        wide_names = {f for (dev, f), s in result.scope.items() if s == "fleet"}
-        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
-            wide = [d for d in result.fleet if d.source == source and (d.drifted or d.feature in wide_names)
-                    and result.scope.get((FLEET, d.feature), "fleet") == "fleet"]
-            conditions[f"{kind}|{ref.bundle_id}|{FLEET}"] = (bool(wide), {
-                "device_id": FLEET, "bundle": bundle, "type": kind, "scope": "fleet", "features": _features(wide)})
 
     # -- latency, errors, rejections, accuracy against a baseline ------------------------------
 
@@ -296,6 +270,65 @@ class Evaluator:
                     "details": {"last_seen": last, "stale_after_s": self.config.stale_after,
                                 "online": device.get("online")}}, now))
         return alerts
+
+
+# -- distributions (features, outputs): run in the evaluation process ---------------------------
+
+_PROCESS_STATE: dict = {}  # the evaluation process's Layouts (per bundle) and Store (per database)
+
+
+def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids: list, counts: np.ndarray,
+                       rows: np.ndarray, config: DetectorConfig, now: float,
+                       db_url: str | None = None) -> tuple[list[dict], dict]:
+    """Input drift and prediction drift (outputs) of one bundle's devices, in one BH family.
+
+    ``counts``: a row per device in the bundle's Layout; ``rows``: their request rows. Returns
+    (drift rows, alert conditions). With ``db_url`` the drift rows are stored here and not
+    returned: in the evaluation process that saves sending ~65,000 rows back per evaluation of a
+    1,000-device fleet.
+    """
+    layout = _PROCESS_STATE.get(("layout", bundle_id))
+    if layout is None:
+        layout = _PROCESS_STATE[("layout", bundle_id)] = Layout(refstats)
+    feature_names = set(layout.split(np.zeros(layout.size, dtype=np.int64), "features"))
+    current = {}
+    for device_id, vector, n in zip(device_ids, counts, rows):
+        entry = layout.split(vector, "features")
+        for name, value in layout.split(vector, "outputs").items():
+            # detectors.reference_entries' naming: an output named like a feature is output:NAME
+            entry[OUTPUT_PREFIX + name if name in feature_names else name] = value
+        entry[ROWS_KEY] = int(n)
+        current[device_id] = entry
+    result = evaluate_fleet(refstats, current, config)
+    found, conditions = [], {}
+    skipped = set(result.skipped)
+    for device_id, drifts in result.devices.items():
+        for d in drifts:
+            found.append(_row(device_id, bundle_id, d, result.scope.get((device_id, d.feature))))
+        if device_id in skipped:
+            continue  # too few rows to say anything: the alert state stays as it is
+        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
+            local = [d for d in drifts if d.source == source and d.drifted
+                     and result.scope.get((device_id, d.feature)) != "fleet"]
+            conditions[f"{kind}|{bundle_id}|{device_id}"] = (bool(local), {
+                "device_id": device_id, "bundle": bundle, "type": kind, "scope": "device",
+                "features": _features(local)})
+    for d in result.fleet:
+        found.append(_row(FLEET, bundle_id, d, result.scope.get((FLEET, d.feature))))
+    if result.fleet:
+        wide_names = {f for (dev, f), s in result.scope.items() if s == "fleet"}
+        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
+            wide = [d for d in result.fleet if d.source == source and (d.drifted or d.feature in wide_names)
+                    and result.scope.get((FLEET, d.feature), "fleet") == "fleet"]
+            conditions[f"{kind}|{bundle_id}|{FLEET}"] = (bool(wide), {
+                "device_id": FLEET, "bundle": bundle, "type": kind, "scope": "fleet", "features": _features(wide)})
+    if db_url is not None and found:
+        store = _PROCESS_STATE.get(("store", db_url))
+        if store is None:
+            store = _PROCESS_STATE[("store", db_url)] = open_store(db_url)
+        store.save_drift(now, found)
+        found = []
+    return found, conditions
 
 
 def _evaluation_process() -> None:
