@@ -243,8 +243,14 @@ def test_sigkill_while_messages_arrive_loses_nothing(tmp_path, refstats):
         lock.execute("BEGIN IMMEDIATE")
         stored_at_lock = _sqlite_count(tmp_path / "fleet.db")
         time.sleep(1.5)  # ~100 more windows arrive at the monitor and wait for the database
+        children = _children(proc.pid)
+        assert len(children) >= 2  # its parser processes (and the evaluation process)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        # Its child processes go with it (they would otherwise wait for the lock and then store
+        # windows that no monitor acknowledges).
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children),
+                   timeout=10, what="the killed monitor's child processes to exit")
         lock.execute("ROLLBACK")
         lock.close()
         assert stored_at_lock == _sqlite_count(tmp_path / "fleet.db") < total
@@ -263,6 +269,21 @@ def test_sigkill_while_messages_arrive_loses_nothing(tmp_path, refstats):
             proc.wait()
         pub.loop_stop()
         broker.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def _sqlite_count(path: Path) -> int | None:

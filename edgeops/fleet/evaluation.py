@@ -30,7 +30,7 @@ from .alerts import FLEET, build_alert
 from .detectors import ROWS as ROWS_KEY
 from .detectors import DetectorConfig, FeatureDrift, evaluate_fleet
 from .hysteresis import Hysteresis
-from .pool import ignore_interrupts
+from .pool import child_init
 from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR, Layout
 from .store import open_store
 
@@ -333,7 +333,7 @@ def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids:
 
 def _evaluation_process() -> None:
     """Drift evaluation can wait a little; ingestion (acks, the broker's queue) cannot: lower priority."""
-    ignore_interrupts()
+    child_init()
     try:
         os.nice(10)
     except OSError:

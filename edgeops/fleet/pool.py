@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +32,7 @@ import numpy as np
 from .horizon import Counted, Layout, counted, extras_vector
 from .parsing import WINDOW, expand, parse_batch
 
+PARENT_POLL_S = 0.2  # how often a child checks that the monitor still runs
 LAYOUT_RETRY_S = 10.0  # a worker looks again for a reference it did not find after this long
 
 
@@ -40,9 +42,23 @@ def default_workers() -> int:
     return min(cores, 4) if cores >= 2 else 0
 
 
-def ignore_interrupts() -> None:
-    """Child processes leave Ctrl-C to the monitor, which stops them after its final flush."""
+def child_init() -> None:
+    """Set up a child process of the monitor (parser or evaluation process).
+
+    Ctrl-C is left to the monitor, which stops its children after its final flush. And a child
+    exits when the monitor is gone: if the monitor is killed (SIGKILL, OOM), nothing would ever
+    close the pipe its children wait on (they share its ends), and they would live on, orphaned,
+    perhaps still waiting to write to the database.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-monitor", daemon=True).start()
 
 
 class Parsed(NamedTuple):
@@ -69,7 +85,7 @@ class ParserPool:
         if workers > 0:
             # spawn: forking a process that runs threads (paho, the evaluator) is unsafe.
             self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=ignore_interrupts)
+                                             initializer=child_init)
 
     def warm_up(self, timeout: float = 60.0) -> None:
         """Start every worker process now (imports take a moment), not when messages wait."""
