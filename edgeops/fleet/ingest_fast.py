@@ -37,7 +37,9 @@ if msgspec is not None:
     Label = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     Label0 = Annotated[str, msgspec.Meta(max_length=256)]
 
-    class _Struct(msgspec.Struct, forbid_unknown_fields=True):
+    # gc=False: decoded windows are trees (no reference cycles), so the cycle collector need
+    # not track the thousands of structs a batch creates.
+    class _Struct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
         pass
 
     class Agent(_Struct):
