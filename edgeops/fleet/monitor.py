@@ -35,7 +35,7 @@ from .references import Reference
 from .store import StoreError, open_store
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
-RECEIVE_MAXIMUM = 5000  # unacknowledged messages in flight to us (must exceed batch_size)
+RECEIVE_MAXIMUM = 3000  # unacknowledged messages in flight to us: batches being parsed, committed and collected
 KINDS = ("status", "heartbeat", "telemetry")
 
 
