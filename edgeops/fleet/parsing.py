@@ -100,11 +100,15 @@ def parse_batch(prefix: str, items: list, shrink: bool) -> tuple[list, list]:
     out = []
     windows = []
     for topic, payload, received in items:
-        fast = parse_window_fast(topic, payload, prefix) if shrink else None
+        fast = parse_window_fast(topic, payload, prefix)
         if fast is not None:
             device_id, window, packed, text = fast
-            windows.append((len(out), text))
-            out.append((compact_typed(device_id, window, packed, float(received)), packed))
+            flat = compact_typed(device_id, window, packed, float(received))
+            if shrink:
+                windows.append((len(out), text))
+                out.append((flat, packed))
+            else:
+                out.append((expand(flat, text), packed))
             continue
         try:
             message = parse_message(topic, payload, prefix, received)
