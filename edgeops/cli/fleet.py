@@ -1,6 +1,7 @@
 """`edgeops monitor` (subscribe, store, detect drift, alert) and `edgeops fleet status`."""
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -24,6 +25,13 @@ def _host_port(value: str, option: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise UsageError(f"{option} {value!r} is not HOST:PORT", f"for example {option} 127.0.0.1:8765")
     return host.strip("[]"), int(port)
+
+
+def _days_to_seconds(ctx, param, days: float) -> float | None:
+    """A retention in days (click checked >= 0) as seconds; 0 (keep forever) as None."""
+    if not math.isfinite(days):
+        raise click.BadParameter(f"{days} is not a number of days (0 keeps the rows forever)")
+    return days * 86400.0 if days > 0 else None
 
 
 def _log(message: str) -> None:
@@ -54,6 +62,12 @@ def _log(message: str) -> None:
               help="Drift is evaluated over the windows of the last S seconds.")
 @click.option("--stale-after", type=click.FloatRange(min=1.0), default=DEFAULT_STALE_AFTER, show_default=True,
               metavar="S", help="A device with no message for S seconds is flagged stale.")
+@click.option("--retention", type=click.FloatRange(min=0.0), default=7.0, show_default=True, metavar="DAYS",
+              callback=_days_to_seconds, help="Delete stored windows (and alerts) older than DAYS days; 0 keeps "
+              "them forever. Must cover --horizon: a restarted monitor reloads the last horizon's windows.")
+@click.option("--drift-retention", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="DAYS",
+              callback=_days_to_seconds, help="Delete stored drift results (a row per device and feature per "
+              "evaluation) older than DAYS days; 0 keeps them forever.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="False discovery rate of the drift tests (Benjamini-Hochberg).")
 @click.option("--min-psi", type=click.FloatRange(min=0.0), default=0.1, show_default=True,
@@ -84,7 +98,8 @@ def _log(message: str) -> None:
 @click.option("--parse-workers", type=click.IntRange(0, 64), default=None,
               help="Processes that decode and validate messages (default: one per core, up to 4; 0: none).")
 def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, client_id, share, ca_file,
-                    evaluate_interval, horizon, stale_after, alpha, min_psi, min_rows, fleet_fraction, enter_after, exit_after,
+                    evaluate_interval, horizon, stale_after, retention, drift_retention, alpha, min_psi, min_rows,
+                    fleet_fraction, enter_after, exit_after,
                     webhook, retrain_webhook, on_drift_command, command_timeout, state_dir, broker_listen,
                     batch_size, batch_delay, parse_workers):
     """Subscribe to the agents' telemetry, store it, detect drift and send alerts.
@@ -109,6 +124,10 @@ def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, clie
         raise UsageError(f"--share {share!r} is not a valid group name", "use letters, digits, '.', '_' or '-'")
     if "+" in topic_prefix or "#" in topic_prefix or not topic_prefix.strip("/"):
         raise UsageError(f"--topic-prefix {topic_prefix!r} is not a valid prefix", "use the agents' --topic-prefix")
+    if retention is not None and retention < horizon:
+        raise UsageError(f"--retention {retention / 86400:g} days keeps less than the --horizon of {horizon:g} s: "
+                         "a restarted monitor rebuilds its drift counts from the windows of the last horizon",
+                         f"use --retention {math.ceil(horizon / 864) / 100:g} or more, or 0 to keep windows forever")
     state = Path(state_dir) if state_dir else default_state_dir()
     db_url = db or f"sqlite:///{state / 'fleet.db'}"
     if db is None:
@@ -134,6 +153,7 @@ def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, clie
         client_id=client_id, share=share, ca_file=ca_file, batch_size=batch_size, batch_delay=batch_delay,
         parse_workers=default_workers() if parse_workers is None else parse_workers,
         evaluator=EvaluatorConfig(evaluate_interval=evaluate_interval, horizon_s=horizon, stale_after=stale_after,
+                                  retention_s=retention, drift_retention_s=drift_retention,
                                   detector=DetectorConfig(alpha=alpha, min_psi=min_psi, min_rows=min_rows,
                                                           fleet_fraction=fleet_fraction, enter_after=enter_after,
                                                           exit_after=exit_after)))

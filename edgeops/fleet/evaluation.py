@@ -1,10 +1,14 @@
 """The monitor's evaluator: drift per device, per bundle (model version) and fleet-wide; alerts.
 
 Every ``evaluate_interval`` seconds it sums the in-memory counts of the horizon (horizon.py),
-and for each bundle with reference statistics runs detectors.evaluate_fleet on the input
-features and on the outputs (prediction drift). Latency, error rate and accuracy are compared
+and for each bundle with reference statistics evaluates input drift and prediction drift
+(distribution.py, in a lower-priority child process that also stores the drift rows). Latency, error rate and accuracy are compared
 with a baseline (signals.py): the device's own first horizon with enough traffic, kept in the
 store; for accuracy the bundle manifest's evaluation accuracy when it has one.
+
+It also applies retention (``prune``): once at start and then at most every ``prune_interval``
+seconds, between evaluations and never in the ingestion path, it deletes windows, alerts and
+drift rows older than their retention, in short transactions (Store.prune_rows).
 
 Alerts are deduplicated with hysteresis.Hysteresis (state in the store, so a restart neither
 repeats nor forgets an alert): one "raised" alert when a condition holds for ``enter_after``
@@ -14,7 +18,6 @@ once, for the device id ``__fleet__``.
 """
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import threading
@@ -27,14 +30,19 @@ import numpy as np
 
 from . import signals
 from .alerts import FLEET, build_alert
-from .detectors import ROWS as ROWS_KEY
-from .detectors import DetectorConfig, FeatureDrift, evaluate_fleet
+from .detectors import DetectorConfig
+from .distribution import _num, distribution_drift
+from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
 from .hysteresis import Hysteresis
 from .pool import child_init
-from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR, Layout
 from .store import open_store
 
-OUTPUT_PREFIX = "output:"  # drift rows of model outputs (prediction drift) are named output:NAME
+# Between two chunks of a prune: SQLite's waiting writers poll for its lock (no queue), and a
+# pruner that took it again at once could keep them waiting for the whole prune.
+SQLITE_PRUNE_PAUSE_S = 0.05
+# An evaluation waits while the thread prunes: a backlog (a large database, the first run with
+# retention) is deleted over several rounds of at most this long.
+PRUNE_BUDGET_S = 20.0
 TOP_FEATURES = 5
 
 
@@ -45,6 +53,9 @@ class EvaluatorConfig:
     stale_after: float = 180.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     separate_process: bool = True  # run evaluate_fleet in a child process (another core)
+    retention_s: float | None = None        # windows and alerts older than this are deleted; None: kept
+    drift_retention_s: float | None = None  # the same for drift rows (far more numerous)
+    prune_interval: float = 600.0
 
 
 class Evaluator:
@@ -61,6 +72,7 @@ class Evaluator:
         self.evaluations = 0
         self._pool: ProcessPoolExecutor | None = None
         self._enter, self._exit = det.enter_after, det.exit_after
+        self._pruned_at: float | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="monitor-evaluate", daemon=True)
@@ -90,15 +102,53 @@ class Evaluator:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_evaluation_process)
         try:
+            self._prune_logged()
             while not self._stop.wait(self.config.evaluate_interval):
                 try:
                     self.evaluate_once()
                 except Exception as exc:  # noqa: BLE001 - one failed evaluation must not end all later ones
                     self.monitor.log(f"error: drift evaluation failed: {type(exc).__name__}: {exc}")
+                self._prune_logged()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
             self.store.close()
+
+    def _prune_logged(self) -> None:
+        try:
+            self.prune()
+        except Exception as exc:  # noqa: BLE001 - retried at the next prune_interval
+            self.monitor.log(f"error: deleting old rows failed: {type(exc).__name__}: {exc}")
+
+    def prune(self, now: float | None = None) -> dict[str, int] | None:
+        """Retention: delete rows older than the configured ages (by ``now``) once ``prune_interval``
+        has passed since the last complete prune. Rows deleted per table; None if not due."""
+        cfg, now = self.config, time.time() if now is None else now
+        ages = {table: age for table, age in (("windows", cfg.retention_s), ("alerts", cfg.retention_s),
+                                              ("drift", cfg.drift_retention_s)) if age is not None}
+        last = self._pruned_at
+        if not ages or (last is not None and 0 <= now - last < cfg.prune_interval):
+            return None
+        pause = SQLITE_PRUNE_PAUSE_S if self.store.dialect == "sqlite" else 0.0
+        started = time.monotonic()
+        deadline = started + PRUNE_BUDGET_S
+
+        def time_left() -> bool:
+            return not self._stop.is_set() and time.monotonic() < deadline
+
+        deleted = {}
+        for table, age in ages.items():
+            if time_left():
+                deleted[table] = self.store.prune_rows(table, now - age,
+                                                       carry_on=lambda: not self._stop.wait(pause) and time_left())
+        complete = time_left()
+        if complete:
+            self._pruned_at = now  # else a backlog is left (or stopping): due again after the next evaluation
+        if any(deleted.values()):
+            self.monitor.log("pruned " + ", ".join(f"{n} {'drift rows' if t == 'drift' else t} older than "
+                                                   f"{_days(ages[t])}" for t, n in deleted.items())
+                             + f" in {time.monotonic() - started:.1f} s" + ("" if complete else "; more next round"))
+        return deleted
 
     def _distribution_drift(self, ref, devices: dict, now: float, rows: list) -> dict | None:
         """``distribution_drift`` in the child process if there is one (which also stores its drift
@@ -272,65 +322,6 @@ class Evaluator:
         return alerts
 
 
-# -- distributions (features, outputs): run in the evaluation process ---------------------------
-
-_PROCESS_STATE: dict = {}  # the evaluation process's Layouts (per bundle) and Store (per database)
-
-
-def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids: list, counts: np.ndarray,
-                       rows: np.ndarray, config: DetectorConfig, now: float,
-                       db_url: str | None = None) -> tuple[list[dict], dict]:
-    """Input drift and prediction drift (outputs) of one bundle's devices, in one BH family.
-
-    ``counts``: a row per device in the bundle's Layout; ``rows``: their request rows. Returns
-    (drift rows, alert conditions). With ``db_url`` the drift rows are stored here and not
-    returned: in the evaluation process that saves sending ~65,000 rows back per evaluation of a
-    1,000-device fleet.
-    """
-    layout = _PROCESS_STATE.get(("layout", bundle_id))
-    if layout is None:
-        layout = _PROCESS_STATE[("layout", bundle_id)] = Layout(refstats)
-    feature_names = set(layout.split(np.zeros(layout.size, dtype=np.int64), "features"))
-    current = {}
-    for device_id, vector, n in zip(device_ids, counts, rows):
-        entry = layout.split(vector, "features")
-        for name, value in layout.split(vector, "outputs").items():
-            # detectors.reference_entries' naming: an output named like a feature is output:NAME
-            entry[OUTPUT_PREFIX + name if name in feature_names else name] = value
-        entry[ROWS_KEY] = int(n)
-        current[device_id] = entry
-    result = evaluate_fleet(refstats, current, config)
-    found, conditions = [], {}
-    skipped = set(result.skipped)
-    for device_id, drifts in result.devices.items():
-        for d in drifts:
-            found.append(_row(device_id, bundle_id, d, result.scope.get((device_id, d.feature))))
-        if device_id in skipped:
-            continue  # too few rows to say anything: the alert state stays as it is
-        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
-            local = [d for d in drifts if d.source == source and d.drifted
-                     and result.scope.get((device_id, d.feature)) != "fleet"]
-            conditions[f"{kind}|{bundle_id}|{device_id}"] = (bool(local), {
-                "device_id": device_id, "bundle": bundle, "type": kind, "scope": "device",
-                "features": _features(local)})
-    for d in result.fleet:
-        found.append(_row(FLEET, bundle_id, d, result.scope.get((FLEET, d.feature))))
-    if result.fleet:
-        wide_names = {f for (dev, f), s in result.scope.items() if s == "fleet"}
-        for kind, source in (("drift", "feature"), ("prediction_drift", "output")):
-            wide = [d for d in result.fleet if d.source == source and (d.drifted or d.feature in wide_names)
-                    and result.scope.get((FLEET, d.feature), "fleet") == "fleet"]
-            conditions[f"{kind}|{bundle_id}|{FLEET}"] = (bool(wide), {
-                "device_id": FLEET, "bundle": bundle, "type": kind, "scope": "fleet", "features": _features(wide)})
-    if db_url is not None and found:
-        store = _PROCESS_STATE.get(("store", db_url))
-        if store is None:
-            store = _PROCESS_STATE[("store", db_url)] = open_store(db_url)
-        store.save_drift(now, found)
-        found = []
-    return found, conditions
-
-
 def _evaluation_process() -> None:
     """Drift evaluation can wait a little; ingestion (acks, the broker's queue) cannot: lower priority."""
     child_init()
@@ -347,21 +338,5 @@ def _baseline(extras: np.ndarray) -> dict:
             "squared_error_sum": float(extras[SQ_ERR])}
 
 
-def _num(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _row(device_id: str, bundle_id: str, d: FeatureDrift, scope) -> dict:
-    return {"device_id": device_id, "bundle_id": bundle_id, "feature": d.feature, "kind": d.kind,
-            "test": d.test, "statistic": _num(d.statistic), "p_value": _num(d.p_value), "psi": _num(d.psi),
-            "n": int(d.n), "drifted": bool(d.drifted), "scope": scope if d.drifted else None}
-
-
-def _features(drifts: list[FeatureDrift]) -> list[dict]:
-    ranked = sorted(drifts, key=lambda d: -(_num(d.psi) or 0.0))
-    return [{"feature": d.feature, "source": d.source, "kind": d.kind, "test": d.test,
-             "statistic": _num(d.statistic), "p_value": _num(d.p_value), "psi": _num(d.psi), "n": int(d.n)}
-            for d in ranked]
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} day(s)" if seconds >= 86400 else f"{seconds:g} s"

@@ -2,16 +2,24 @@
 alerts and small state (e.g. the detectors' hysteresis), plus retention.
 
 A mixin of ``Store`` (store.py), kept apart so that each module stays short; it uses only the
-backend helpers ``self._db.run`` / ``self._db.query`` and the SQL that works on both databases.
+backend helpers ``self._db.run`` / ``self._db.query`` and the SQL that works on both databases
+(one exception: how a chunk of old windows is picked for deletion, rowid in SQLite, ctid in
+PostgreSQL).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections import Counter
+from collections.abc import Callable
 
 _DRIFT_COLUMNS = ("evaluated_at", "device_id", "bundle_id", "feature", "kind", "test", "statistic", "p_value",
                   "psi", "n", "drifted", "scope")
+_AGE_COLUMNS = {"windows": "window_end", "drift": "evaluated_at", "alerts": "ts"}  # what retention prunes by
+# Rows deleted per transaction: each chunk holds SQLite's write lock ~10-20 ms (measured: ~20 us
+# per 9 KB window, ~2 us per drift row).
+PRUNE_CHUNK_ROWS = {"windows": 1000, "drift": 5000, "alerts": 5000}
 
 
 def to_json(value) -> str:
@@ -113,13 +121,64 @@ class RecordsMixin:
                  ON CONFLICT (key) DO UPDATE SET updated = excluded.updated, value = excluded.value"""
         self._db.run(lambda db: db.execute(sql, (key, time.time(), to_json(value))), "storing state")
 
-    def prune(self, before: float) -> dict[str, int]:
-        """Delete windows that ended and drift rows evaluated before ``before`` (retention)."""
-        def work(db):
-            windows = db.execute("DELETE FROM windows WHERE window_end < ?", (float(before),))
-            drift = db.execute("DELETE FROM drift WHERE evaluated_at < ?", (float(before),))
-            db.execute("UPDATE devices SET window_count = "
-                       "(SELECT COUNT(*) FROM windows w WHERE w.device_id = devices.device_id)")
-            return {"windows": windows, "drift": drift}
-        return self._db.run(work, "pruning old rows")
+    # -- retention ---------------------------------------------------------------------------------
+    def prune(self, before: float, chunk_rows: int | None = None) -> dict[str, int]:
+        """Delete windows that ended and drift rows evaluated before ``before``; rows deleted per table."""
+        return {table: self.prune_rows(table, before, chunk_rows) for table in ("windows", "drift")}
 
+    def prune_rows(self, table: str, before: float, chunk_rows: int | None = None,
+                   carry_on: Callable[[], bool] | None = None) -> int:
+        """Delete the rows of ``table`` ("windows", "drift" or "alerts") older than ``before``,
+        oldest first, ``chunk_rows`` (default: PRUNE_CHUNK_ROWS) per transaction; returns how
+        many went.
+
+        Deleting a day of windows in one transaction would hold SQLite's write lock for seconds
+        while ingestion waits; each chunk holds it briefly. ``carry_on()`` runs between chunks
+        (it may pause, so that waiting writers get the lock); False stops early. Each window
+        chunk subtracts what it deleted from its devices' window_count in the same transaction:
+        the count stays exact at every commit, even with writers adding windows meanwhile (a
+        recount could miss a window committed while it ran).
+        """
+        if table not in _AGE_COLUMNS:
+            raise ValueError(f"prune_rows prunes {', '.join(_AGE_COLUMNS)}, not {table!r}")
+        if math.isnan(before):  # PostgreSQL orders NaN above every number: it would delete everything
+            raise ValueError("prune_rows needs a time, not NaN")
+        chunk_rows = PRUNE_CHUNK_ROWS[table] if chunk_rows is None else chunk_rows
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+        params = (float(before), int(chunk_rows))
+        chunk = self._window_chunk if table == "windows" else self._row_chunk(table)
+        total = 0
+        while True:
+            deleted = self._db.run(lambda db: chunk(db, params), f"pruning old {table}")
+            total += deleted
+            if deleted < chunk_rows or (carry_on is not None and not carry_on()):
+                return total
+
+    @staticmethod
+    def _row_chunk(table: str):
+        column = _AGE_COLUMNS[table]
+        select = f"SELECT id FROM {table} WHERE {column} < ? ORDER BY {column} LIMIT ?"
+        # drift and alerts have an integer key on both backends (rowid alias / identity column).
+        # PostgreSQL plans "id IN (SELECT ...)" as a hash join over the whole table, and
+        # "id = ANY(ARRAY(SELECT ...))" as index lookups; SQLite only knows the first.
+        return lambda db, params: db.execute(f"DELETE FROM {table} WHERE " + (
+            f"id IN ({select})" if db.dialect == "sqlite" else f"id = ANY(ARRAY({select}))"), params)
+
+    @staticmethod
+    def _window_chunk(db, params) -> int:
+        # ORDER BY keeps the lookup on the windows_by_end index: a sequential scan would walk
+        # the rows of the previous chunks again (in PostgreSQL, dead until vacuumed).
+        select = "SELECT {rid} FROM windows WHERE window_end < ? ORDER BY window_end LIMIT ?"
+        if db.dialect == "sqlite":  # select, then delete by rowid: DELETE ... RETURNING needs SQLite 3.35
+            rows = db.fetch(select.format(rid="rowid, device_id"), params)
+            db.executemany("DELETE FROM windows WHERE rowid = ?", [(r[0],) for r in rows])
+            devices = Counter(r[1] for r in rows)
+        else:  # windows are never updated, so a row keeps its ctid until deleted
+            rows = db.fetch(f"DELETE FROM windows WHERE ctid = ANY(ARRAY({select.format(rid='ctid')})) "
+                            "RETURNING device_id", params)
+            devices = Counter(r[0] for r in rows)
+        # Sorted, like ingestion's device updates, so that concurrent writers lock rows in one order.
+        db.executemany("UPDATE devices SET window_count = window_count - ? WHERE device_id = ?",
+                       [(n, device) for device, n in sorted(devices.items())])
+        return len(rows)
