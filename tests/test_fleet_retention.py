@@ -24,32 +24,8 @@ from edgeops.fleet.monitor import Monitor, MonitorConfig
 from edgeops.fleet.store import open_store
 from test_fleet_ingest import BUNDLE_ID, parsed_window
 
-PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 DAY = 86400.0
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fleet.db'}"
-        return
-    import psycopg
-    schema = "edgeops_test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(PG_BASE, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_BASE, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
-def store(store_url):
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------

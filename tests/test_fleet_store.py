@@ -25,34 +25,7 @@ from edgeops.fleet.ingest import parse_message
 from edgeops.fleet.store import StoreError, open_store, sqlite_path
 from test_fleet_ingest import BUNDLE_ID, encode, make_heartbeat, make_status, make_window, parsed_window, topic
 
-PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _pg_admin():
-    import psycopg
-    return psycopg.connect(PG_BASE, autocommit=True, connect_timeout=10)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "fleet.db")
-        return
-    schema = "edgeops_test_" + uuid.uuid4().hex[:12]
-    with _pg_admin() as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with _pg_admin() as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
-def store(store_url):
-    s = open_store(store_url)
-    yield s
-    s.close()
+from conftest import PG_BASE
 
 
 def windows_for(devices, seqs, **kw):
@@ -202,9 +175,14 @@ def test_references_drift_alerts_and_state_round_trip(store):
     store.save_drift(100.0, [row("a", "x[0]", True, scope="device"), row("__fleet__", "x[0]", False)])
     store.save_drift(200.0, [row("a", "x[0]", False, statistic=math.nan, p=None), row("b", "x[1]", True)])
     store.save_drift(300.0, [])
-    latest = store.latest_drift()
+    latest = store.latest_drift(max_age=0)  # only the newest evaluation's rows
     assert [(r["device_id"], r["drifted"], r["evaluated_at"]) for r in latest] == [("a", False, 200.0),
                                                                                    ("b", True, 200.0)]
+    # Rows are stored sparsely (a stable pair only every few minutes): by default each pair's newest
+    # row within max_age of the newest evaluation counts, so the fleet row of t=100 is still current.
+    assert sorted((r["device_id"], r["evaluated_at"]) for r in store.latest_drift()) == [
+        ("__fleet__", 100.0), ("a", 200.0), ("b", 200.0)]
+    assert [r["device_id"] for r in store.latest_drift(max_age=50)] == ["a", "b"]
     assert latest[0]["statistic"] is None and latest[0]["p_value"] is None and latest[1]["n"] == 500
     history = store.drift_history(device_id="a", feature="x[0]")
     assert [(r["evaluated_at"], r["drifted"], r["scope"]) for r in history] == [(100.0, True, "device"),

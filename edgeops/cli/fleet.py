@@ -34,6 +34,12 @@ def _days_to_seconds(ctx, param, days: float) -> float | None:
     return days * 86400.0 if days > 0 else None
 
 
+def _finite_seconds(ctx, param, seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{seconds} is not a number of seconds")
+    return seconds
+
+
 def _log(message: str) -> None:
     click.echo(time.strftime("%H:%M:%S ") + message, err=True)
 
@@ -66,8 +72,12 @@ def _log(message: str) -> None:
               callback=_days_to_seconds, help="Delete stored windows (and alerts) older than DAYS days; 0 keeps "
               "them forever. Must cover --horizon: a restarted monitor reloads the last horizon's windows.")
 @click.option("--drift-retention", type=click.FloatRange(min=0.0), default=2.0, show_default=True, metavar="DAYS",
-              callback=_days_to_seconds, help="Delete stored drift results (a row per device and feature per "
-              "evaluation) older than DAYS days; 0 keeps them forever.")
+              callback=_days_to_seconds, help="Delete stored drift results (rows per device and feature, see "
+              "--drift-history-interval) older than DAYS days; 0 keeps them forever.")
+@click.option("--drift-history-interval", type=click.FloatRange(min=0.0), default=600.0, show_default=True,
+              metavar="S", callback=_finite_seconds, help="Store a device's drift result for a feature only when "
+              "it drifts, when its drift flag changed, or once every S seconds while it stays the same; 0 stores "
+              "every result of every evaluation.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="False discovery rate of the drift tests (Benjamini-Hochberg).")
 @click.option("--min-psi", type=click.FloatRange(min=0.0), default=0.1, show_default=True,
@@ -98,8 +108,8 @@ def _log(message: str) -> None:
 @click.option("--parse-workers", type=click.IntRange(0, 64), default=None,
               help="Processes that decode and validate messages (default: one per core, up to 4; 0: none).")
 def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, client_id, share, ca_file,
-                    evaluate_interval, horizon, stale_after, retention, drift_retention, alpha, min_psi, min_rows,
-                    fleet_fraction, enter_after, exit_after,
+                    evaluate_interval, horizon, stale_after, retention, drift_retention, drift_history_interval,
+                    alpha, min_psi, min_rows, fleet_fraction, enter_after, exit_after,
                     webhook, retrain_webhook, on_drift_command, command_timeout, state_dir, broker_listen,
                     batch_size, batch_delay, parse_workers):
     """Subscribe to the agents' telemetry, store it, detect drift and send alerts.
@@ -154,6 +164,7 @@ def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, clie
         parse_workers=default_workers() if parse_workers is None else parse_workers,
         evaluator=EvaluatorConfig(evaluate_interval=evaluate_interval, horizon_s=horizon, stale_after=stale_after,
                                   retention_s=retention, drift_retention_s=drift_retention,
+                                  drift_history_interval=drift_history_interval,
                                   detector=DetectorConfig(alpha=alpha, min_psi=min_psi, min_rows=min_rows,
                                                           fleet_fraction=fleet_fraction, enter_after=enter_after,
                                                           exit_after=exit_after)))

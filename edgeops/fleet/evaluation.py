@@ -2,7 +2,8 @@
 
 Every ``evaluate_interval`` seconds it sums the in-memory counts of the horizon (horizon.py),
 and for each bundle with reference statistics evaluates input drift and prediction drift
-(distribution.py, in a lower-priority child process that also stores the drift rows). Latency, error rate and accuracy are compared
+(distribution.py, in a lower-priority child process that also stores the drift rows, sparsely:
+``drift_history_interval``). Latency, error rate and accuracy are compared
 with a baseline (signals.py): the device's own first horizon with enough traffic, kept in the
 store; for accuracy the bundle manifest's evaluation accuracy when it has one.
 
@@ -56,6 +57,12 @@ class EvaluatorConfig:
     retention_s: float | None = None        # windows and alerts older than this are deleted; None: kept
     drift_retention_s: float | None = None  # the same for drift rows (far more numerous)
     prune_interval: float = 600.0
+    drift_history_interval: float = 600.0  # a stable pair's row is stored this often (distribution.py); 0: always
+
+    @property
+    def drift_max_age(self) -> float:
+        """How old a pair's newest row can be while it is evaluated, with a margin (Store.latest_drift)."""
+        return self.drift_history_interval + 2 * self.evaluate_interval
 
 
 class Evaluator:
@@ -73,6 +80,7 @@ class Evaluator:
         self._pool: ProcessPoolExecutor | None = None
         self._enter, self._exit = det.enter_after, det.exit_after
         self._pruned_at: float | None = None
+        self._stored: dict = {}  # the last drift row stored per pair, when evaluating in this process
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="monitor-evaluate", daemon=True)
@@ -159,9 +167,11 @@ class Evaluator:
         counts = np.stack([devices[d][0] for d in device_ids])
         row_counts = np.array([int(devices[d][1][ROWS]) for d in device_ids], dtype=np.int64)
         args = (ref.refstats, ref.bundle_id, ref.bundle(), device_ids, counts, row_counts, self.config.detector, now)
+        history = self.config.drift_history_interval
         if self._pool is not None:
             try:
-                return self._pool.submit(distribution_drift, *args, db_url=self.monitor.config.db_url).result()[1]
+                return self._pool.submit(distribution_drift, *args, db_url=self.monitor.config.db_url,
+                                         history_interval=history).result()[1]
             except (BrokenProcessPool, RuntimeError, OSError, CancelledError) as exc:
                 if self._stop.is_set():
                     return None
@@ -169,7 +179,7 @@ class Evaluator:
                                  "monitor process from now on")
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
-        found, conditions = distribution_drift(*args)
+        found, conditions = distribution_drift(*args, history_interval=history, stored=self._stored)
         rows.extend(found)
         return conditions
 
@@ -204,14 +214,19 @@ class Evaluator:
         alerts = self._update(conditions, totals, now)
         alerts += self._liveness(now)
         if rows:
-            self.store.save_drift(now, rows)
+            try:
+                self.store.save_drift(now, rows)
+            except Exception:
+                self._stored.clear()  # they were taken as stored: store every pair again next time
+                raise
         self.store.set_state("hysteresis", self.hysteresis.to_dict())
         self.store.set_state("stale", self.stale.to_dict())
         self.store.set_state("baselines", self.baselines)
+        # Sparse drift rows: the newest row no longer dates the last evaluation, and readers
+        # (fleet status, the dashboard) need to know how far back a pair's newest row can be.
+        self.store.set_state("evaluation", {"at": now, "drift_max_age": self.config.drift_max_age})
         self.evaluations += 1
         return alerts
-
-    # -- distributions (features, outputs) ---------------------------------------------------
 
     # -- latency, errors, rejections, accuracy against a baseline ------------------------------
 

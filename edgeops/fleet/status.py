@@ -22,7 +22,8 @@ def fleet_status(db_url: str, stale_after: float = 180.0, now: float | None = No
     store = open_store(db_url)
     try:
         devices = store.devices()
-        latest = store.latest_drift()
+        evaluation = store.get_state("evaluation") or {}
+        latest = latest_drift(store, evaluation)
         active = Hysteresis(1, 1, store.get_state("hysteresis")).active()
         stale_active = Hysteresis(1, 1, store.get_state("stale")).active()
         quarantined = store.quarantine_counts()
@@ -37,7 +38,9 @@ def fleet_status(db_url: str, stale_after: float = 180.0, now: float | None = No
         alerts_by_device.setdefault(device_id, []).append(kind)
     for device_id in stale_active:
         alerts_by_device.setdefault(device_id, []).append("stale")
-    evaluated_at = max((r.get("evaluated_at") or 0 for r in latest), default=None) or None
+    # The last evaluation, which with sparse drift rows may have stored none (older monitors did
+    # not record it: then the newest row's time).
+    evaluated_at = evaluation.get("at") or max((r.get("evaluated_at") or 0 for r in latest), default=None) or None
     result = []
     for device in sorted(devices, key=lambda d: d["device_id"]):
         device_id = device["device_id"]
@@ -62,6 +65,19 @@ def fleet_status(db_url: str, stale_after: float = 180.0, now: float | None = No
                        "stale": sum(d["stale"] for d in result),
                        "drifting": sum(d["drift"]["drifted"] for d in result)},
             "quarantined": quarantined}
+
+
+def latest_drift(store, evaluation: dict | None = None, device_id: str | None = None) -> list[dict]:
+    """Store.latest_drift reaching as far back as the monitor that wrote the rows says a stable
+    pair's newest row can be (its --drift-history-interval plus two evaluations), else its default.
+
+    ``evaluation``: the state the evaluator records ("evaluation"), if already read.
+    """
+    evaluation = store.get_state("evaluation") if evaluation is None else evaluation
+    max_age = (evaluation or {}).get("drift_max_age")
+    if isinstance(max_age, (int, float)) and not isinstance(max_age, bool) and max_age >= 0:
+        return store.latest_drift(max_age=float(max_age), device_id=device_id)
+    return store.latest_drift(device_id=device_id)
 
 
 def _drift_summary(rows: list[dict]) -> dict:

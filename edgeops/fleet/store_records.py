@@ -20,6 +20,10 @@ _AGE_COLUMNS = {"windows": "window_end", "drift": "evaluated_at", "alerts": "ts"
 # Rows deleted per transaction: each chunk holds SQLite's write lock ~10-20 ms (measured: ~20 us
 # per 9 KB window, ~2 us per drift row).
 PRUNE_CHUNK_ROWS = {"windows": 1000, "drift": 5000, "alerts": 5000}
+# latest_drift's default reach: the monitor's default --drift-history-interval (600 s) plus two
+# default evaluation intervals (60 s), rounded up. The evaluator records its own (state
+# "evaluation", drift_max_age) for readers.
+LATEST_DRIFT_MAX_AGE_S = 900.0
 
 
 def to_json(value) -> str:
@@ -91,8 +95,30 @@ class RecordsMixin:
                 params.append(value)
         return self._drift("WHERE " + " AND ".join(where) if where else "", tuple(params))
 
-    def latest_drift(self) -> list[dict]:
-        return self._drift("WHERE evaluated_at = (SELECT MAX(evaluated_at) FROM drift)", ())
+    def latest_drift(self, max_age: float = LATEST_DRIFT_MAX_AGE_S, device_id: str | None = None) -> list[dict]:
+        """Per (device, feature), its newest row (its rows, if several share that time), among the
+        rows at most ``max_age`` seconds older than the newest row of all; ``device_id``: only
+        that device's.
+
+        The monitor stores a pair that does not change only every --drift-history-interval
+        (distribution.py), so the last evaluation alone does not hold every pair; ``max_age``
+        should cover that interval plus an evaluation or two, and is how long a device that left
+        the fleet (or a feature a new bundle dropped) still shows.
+        """
+        if not max_age >= 0:  # also NaN
+            raise ValueError(f"max_age must be a number of seconds >= 0, not {max_age!r}")
+        newest = self._db.query("SELECT MAX(evaluated_at) FROM drift")[0][0]
+        if newest is None:
+            return []
+        # The cutoff as a value, not a subquery: PostgreSQL then plans for a short range of
+        # drift_by_time with one drift_by_device probe per row (EXPLAIN: Nested Loop Anti Join),
+        # where a subquery's unknown cutoff gets a hash anti join over the whole table.
+        where, params = "evaluated_at >= ?", (float(newest) - float(max_age),)
+        if device_id is not None:
+            where, params = "device_id = ? AND " + where, (device_id, *params)
+        return self._drift(f"WHERE {where} AND NOT EXISTS (SELECT 1 FROM drift newer "
+                           "WHERE newer.device_id = drift.device_id AND newer.feature = drift.feature "
+                           "AND newer.evaluated_at > drift.evaluated_at)", params)
 
     def save_alert(self, alert: dict) -> None:
         """Keep an alert dict as given; ``alert["ts"]`` (if a number) orders and filters them."""

@@ -2,7 +2,11 @@
 
 No HTTP here (server.py does that), so each view can be tested on a real store alone. Every
 function reads through the Store contract only: devices(), windows(), reference(),
-drift_history(), latest_drift(), alerts(), quarantine_counts().
+drift_history(), latest_drift() (through status.latest_drift, which reads the evaluator's
+state for how far back it reaches), alerts(), quarantine_counts().
+
+Drift rows are sparse (the monitor's --drift-history-interval): a (device, feature) that stays
+the same is stored once every few evaluations, so a drift history has fewer points while stable.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import math
 import time
 
 from edgeops.fleet.detectors import reference_entries
+from edgeops.fleet.status import latest_drift
 from edgeops.fleet.web.query import ApiError
 
 FLEET = "__fleet__"              # the device id of the fleet aggregate in drift rows
@@ -48,7 +53,7 @@ def _score(row: dict) -> dict:
 
 
 def fleet(store, now: float, stale_after: float, mqtt_status: dict | None = None) -> dict:
-    latest = _drift_by_device(store.latest_drift())
+    latest = _drift_by_device(latest_drift(store))
     devices = []
     for device in store.devices():
         rows = latest.get(device["device_id"], [])
@@ -107,14 +112,13 @@ def device(store, device_id: str, now: float, stale_after: float, hours: float) 
     bundle = info.get("bundle") or {}
     bundle_id = bundle.get("id")
     reference = store.reference(bundle_id) if bundle_id else None
-    # The latest score per feature: the last evaluation's rows, completed from the recent history
-    # for a feature the last evaluation skipped (too few rows, say).
+    # The latest score per feature: its newest row in the chosen period, or the newest rows the
+    # monitor stored (fleet status' view), also when older than the period.
     scores: dict[str, dict] = {}
     for row in store.drift_history(device_id=device_id, since=now - hours * 3600):
         scores[row["feature"]] = _score(row)
-    for row in store.latest_drift():
-        if row["device_id"] == device_id:
-            scores[row["feature"]] = _score(row)
+    for row in latest_drift(store, device_id=device_id):
+        scores[row["feature"]] = _score(row)
     features = []
     if reference is not None:
         for entry in _reference_entries(reference["refstats"]):
