@@ -230,8 +230,7 @@ def test_sigkill_while_messages_arrive_loses_nothing(tmp_path, refstats):
         sent.set()
 
     try:
-        wait_until(lambda: _sqlite_count(tmp_path / "fleet.db") is not None, what="the monitor's database")
-        time.sleep(1.0)  # the subscription is in place once the database exists and a moment passed
+        wait_until(lambda: "subscribed to" in proc.stderr.readline(), what="the monitor's subscription")
         thread = threading.Thread(target=keep_publishing, daemon=True)
         thread.start()
         wait_until(lambda: (_sqlite_count(tmp_path / "fleet.db") or 0) >= 50, what="50 stored windows")
@@ -304,17 +303,16 @@ def test_private_broker_when_none_is_given(tmp_path, refstats):
     try:
         url = None
 
-        def printed_url():
+        def subscribed():
             nonlocal url
             line = proc.stderr.readline()
             if "--broker mqtt://" in line:
                 url = line.split("--broker ")[1].split()[0]
-            return url
+            return "subscribed to" in line
 
-        wait_until(printed_url, what="the private broker's URL")
+        wait_until(subscribed, what="the private broker's URL and the monitor's subscription")
+        assert url is not None
         db = tmp_path / "state" / "edgeops" / "fleet.db"
-        wait_until(lambda: _sqlite_count(db) is not None, what="the default database")
-        time.sleep(0.5)
         pub = publisher(url)
         publish(pub, "priv/v1/devices/dev-p/telemetry", window(refstats, "dev-p", 1))
         pub.loop_stop()

@@ -40,6 +40,9 @@ def _finite_seconds(ctx, param, seconds: float) -> float:
     return seconds
 
 
+CONNECT_WAIT_S = 15.0  # how long to wait for the broker before saying it is not there (it keeps retrying)
+
+
 def _log(message: str) -> None:
     click.echo(time.strftime("%H:%M:%S ") + message, err=True)
 
@@ -106,7 +109,8 @@ def _log(message: str) -> None:
 @click.option("--batch-delay", type=click.FloatRange(min=0.0), default=0.2, show_default=True, metavar="S",
               help="Longest wait for a batch to fill.")
 @click.option("--parse-workers", type=click.IntRange(0, 64), default=None,
-              help="Processes that decode and validate messages (default: one per core, up to 4; 0: none).")
+              help="Worker processes that decode, validate, store and count the telemetry (default: one per "
+                   "core, up to 4; 0: all in the monitor process).")
 def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, client_id, share, ca_file,
                     evaluate_interval, horizon, stale_after, retention, drift_retention, drift_history_interval,
                     alpha, min_psi, min_rows, fleet_fraction, enter_after, exit_after,
@@ -185,8 +189,12 @@ def monitor_command(broker, db, bundles, registry, key, http, topic_prefix, clie
 
             dashboard = start_dashboard(db_url, dashboard_at[0], dashboard_at[1], mqtt_status=monitor.mqtt_status)
             _log(f"dashboard: {dashboard.url}")
-        _log(f"subscribed to {config.topic_prefix}/v1/devices/+/(status|heartbeat|telemetry) on {config.broker.url}"
-             + (f" as shared group {share}" if share else ""))
+        if monitor.wait_connected(CONNECT_WAIT_S):
+            _log(f"subscribed to {config.topic_prefix}/v1/devices/+/(status|heartbeat|telemetry) on "
+                 f"{config.broker.url}" + (f" as shared group {share}" if share else ""))
+        else:
+            _log(f"not connected to {config.broker.url} yet: retrying in the background (check that the broker "
+                 "runs and the URL is right)")
         while not stop.wait(1.0):
             pass
         _log("stopping: storing and acknowledging what was received")

@@ -64,12 +64,12 @@ def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids:
     result = evaluate_fleet(refstats, current, config)
     if stored is None:
         stored = _PROCESS_STATE.setdefault(("stored", db_url or ""), {})
-    due = _Due(stored, bundle_id, now, history_interval)
+    due = DueRule(stored, bundle_id, now, history_interval)
     found, conditions = [], {}
     skipped = set(result.skipped)
     for device_id, drifts in result.devices.items():
         for d in drifts:
-            if due(device_id, d):
+            if due(device_id, d.feature, d.drifted):
                 found.append(_row(device_id, bundle_id, d, result.scope.get((device_id, d.feature))))
         if device_id in skipped:
             continue  # too few rows to say anything: the alert state stays as it is
@@ -80,7 +80,7 @@ def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids:
                 "device_id": device_id, "bundle": bundle, "type": kind, "scope": "device",
                 "features": _features(local)})
     for d in result.fleet:
-        if due(FLEET, d):
+        if due(FLEET, d.feature, d.drifted):
             found.append(_row(FLEET, bundle_id, d, result.scope.get((FLEET, d.feature))))
     if result.fleet:
         wide_names = {f for (dev, f), s in result.scope.items() if s == "fleet"}
@@ -99,7 +99,7 @@ def distribution_drift(refstats: dict, bundle_id: str, bundle: dict, device_ids:
     return found, conditions
 
 
-class _Due:
+class DueRule:
     """The storage rule for one bundle's rows of one evaluation (module docstring)."""
 
     def __init__(self, stored: dict, bundle_id: str, now: float, interval: float):
@@ -111,10 +111,10 @@ class _Due:
         self.stored, self.bundle_id, self.now, self.interval = stored, bundle_id, now, interval
         self.pending: dict = {}
 
-    def __call__(self, device_id: str, d: FeatureDrift) -> bool:
+    def __call__(self, device_id: str, feature: str, drifted: bool, bundle_id: str | None = None) -> bool:
         if self.interval <= 0:
             return True  # every row, as before sparse storage: nothing to remember
-        key, drifted = (self.bundle_id, device_id, d.feature), bool(d.drifted)
+        key, drifted = (bundle_id or self.bundle_id, device_id, feature), bool(drifted)
         last = self.stored.get(key)
         if last is None or drifted or last[1] != drifted or not 0 <= self.now - last[0] < self.interval:
             self.pending[key] = (self.now, drifted)

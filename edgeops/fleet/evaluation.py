@@ -32,7 +32,7 @@ import numpy as np
 from . import signals
 from .alerts import FLEET, build_alert
 from .detectors import DetectorConfig
-from .distribution import _num, distribution_drift
+from .distribution import DueRule, _num, distribution_drift
 from .horizon import ABS_ERR, CORRECT, ERRORS, LABELLED, REJECTED, REQUESTS, ROWS, SQ_ERR
 from .hysteresis import Hysteresis
 from .pool import child_init
@@ -210,7 +210,8 @@ class Evaluator:
             conditions.update(found)
             for device_id, (_, extras) in devices.items():
                 self._operational(ref, device_id, extras, signals_by_key)
-        self._signal_conditions(signals_by_key, rows, conditions)
+        due = DueRule(self._stored, "", now, self.config.drift_history_interval)
+        self._signal_conditions(signals_by_key, rows, conditions, due)
         alerts = self._update(conditions, totals, now)
         alerts += self._liveness(now)
         if rows:
@@ -219,6 +220,7 @@ class Evaluator:
             except Exception:
                 self._stored.clear()  # they were taken as stored: store every pair again next time
                 raise
+        due.commit()
         self.store.set_state("hysteresis", self.hysteresis.to_dict())
         self.store.set_state("stale", self.stale.to_dict())
         self.store.set_state("baselines", self.baselines)
@@ -271,16 +273,18 @@ class Evaluator:
         return signals.accuracy_drift(int(extras[CORRECT]), labelled, cfg, base_correct=int(base["correct"]),
                                       base_labelled=int(base["labelled"]))
 
-    def _signal_conditions(self, found: dict, rows: list, conditions: dict) -> None:
-        """BH across every device's operational signals, then one condition per signal."""
+    def _signal_conditions(self, found: dict, rows: list, conditions: dict, due) -> None:
+        """BH across every device's operational signals, then one condition per signal; its drift
+        row is stored by the same sparse rule as the features' (``due``, distribution.py)."""
         corrected = signals.correct_signals({k: v[2] for k, v in found.items()}, self.config.detector.alpha)
         for key, (ref, device_id, _) in found.items():
             s = corrected[key]
             kind = key.split("|", 1)[0]
-            rows.append({"device_id": device_id, "bundle_id": ref.bundle_id, "feature": f"__{s.signal}__",
-                         "kind": "signal", "test": s.test, "statistic": _num(s.statistic),
-                         "p_value": _num(s.p_value), "psi": None, "n": int(s.n), "drifted": bool(s.drifted),
-                         "scope": "device" if s.drifted else None})
+            if due(device_id, f"__{s.signal}__", s.drifted, ref.bundle_id):
+                rows.append({"device_id": device_id, "bundle_id": ref.bundle_id, "feature": f"__{s.signal}__",
+                             "kind": "signal", "test": s.test, "statistic": _num(s.statistic),
+                             "p_value": _num(s.p_value), "psi": None, "n": int(s.n), "drifted": bool(s.drifted),
+                             "scope": "device" if s.drifted else None})
             conditions[key] = (bool(s.drifted), {
                 "device_id": device_id, "bundle": ref.bundle(), "type": kind, "scope": "device",
                 "details": {"signal": s.signal, "test": s.test, "statistic": _num(s.statistic),

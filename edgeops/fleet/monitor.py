@@ -49,7 +49,7 @@ class MonitorConfig:
     ca_file: str | None = None
     batch_size: int = 500
     batch_delay: float = 0.2
-    parse_workers: int = field(default_factory=default_workers)  # decoding processes; 0: in the ingest thread
+    parse_workers: int = field(default_factory=default_workers)  # worker processes (pool.py); 0: in the ingest thread
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
 
