@@ -164,7 +164,8 @@ def _pool_pids(pool) -> list[int]:
 
 
 def monitor_drain(port: int, prefix: str, messages: int, refstats: dict, bundle_id: str, db_url: str,
-                  evaluate_interval: float, publish_backlog, parse_workers: int, broker_pid: int) -> dict:
+                  evaluate_interval: float, publish_backlog, parse_workers: int, broker_pid: int,
+                  batch_size: int = 500) -> dict:
     from edgeops.fleet.broker import parse_broker_url
     from edgeops.fleet.detectors import DetectorConfig
     from edgeops.fleet.evaluation import EvaluatorConfig
@@ -173,7 +174,7 @@ def monitor_drain(port: int, prefix: str, messages: int, refstats: dict, bundle_
 
     ref = Reference(bundle_id, "bench", "1", {"model": {"name": "bench", "version": "1"}}, refstats)
     config = MonitorConfig(broker=parse_broker_url(f"mqtt://127.0.0.1:{port}"), db_url=db_url, topic_prefix=prefix,
-                           client_id=f"mon-{uuid.uuid4().hex[:8]}", parse_workers=parse_workers,
+                           client_id=f"mon-{uuid.uuid4().hex[:8]}", parse_workers=parse_workers, batch_size=batch_size,
                            evaluator=EvaluatorConfig(evaluate_interval=evaluate_interval, horizon_s=3600,
                                                      stale_after=3600, detector=DetectorConfig()))
     quiet = lambda message: None  # noqa: E731
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between whole-fleet drift evaluations while the monitor drains")
     parser.add_argument("--parse-workers", type=int, default=None,
                         help="the monitor's parser processes (default: as `edgeops monitor`, one per core up to 4)")
+    parser.add_argument("--batch-size", type=int, default=500, help="as `edgeops monitor --batch-size`")
     parser.add_argument("--skip-bare", action="store_true",
                         help="measure the monitor only (for profiling; no ratio is printed)")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
@@ -253,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_bare:
                 mon = monitor_drain(broker.port, prefix, args.messages, refstats, bundle_id,
                                     f"sqlite:///{tmp / 'fleet.db'}", args.evaluate_interval, backlog,
-                                    args.parse_workers, broker.process.pid)
+                                    args.parse_workers, broker.process.pid, args.batch_size)
                 print(f"monitor: {mon['msgs_per_s']:.0f} msg/s; CPU per message (us): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in mon["cpu_us_per_msg"].items()))
                 return 0
             bare = bare_subscriber(broker.port, prefix, args.messages, backlog, broker.process.pid)
             mon = monitor_drain(broker.port, prefix, args.messages, refstats, bundle_id,
                                 f"sqlite:///{tmp / 'fleet.db'}", args.evaluate_interval, backlog,
-                                args.parse_workers, broker.process.pid)
+                                args.parse_workers, broker.process.pid, args.batch_size)
         finally:
             broker.stop()
     result = {
