@@ -131,7 +131,6 @@ def available() -> bool:
 
 _FEATURE_KINDS = {"numeric": list, "categorical": dict}
 _OUTPUT_KINDS = {"labels": dict, "numeric": list}
-SECTIONS = ("features", "outputs")
 
 
 def decode_window(text: str | bytes):
@@ -150,12 +149,13 @@ def decode_window(text: str | bytes):
         if not _cross_checks(w):
             return None
         packed = {}
-        for section, kinds in ((w.features, _FEATURE_KINDS), (w.outputs, _OUTPUT_KINDS)):
-            ok, pack = _series(section, kinds)
+        for section, entries, kinds in (("features", w.features, _FEATURE_KINDS),
+                                        ("outputs", w.outputs, _OUTPUT_KINDS)):
+            ok, pack = _series(entries, kinds)
             if not ok:
                 return None
             if pack is not None:
-                packed["features" if section is w.features else "outputs"] = pack
+                packed[section] = pack
     except PayloadError:
         return None
     return w, packed
