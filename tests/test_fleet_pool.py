@@ -146,3 +146,37 @@ def test_the_pool_parses_in_child_processes(tmp_path, refstats, bundle_id):
     assert all(c.extras.shape == (EXTRAS,) for c in counted)
     for c, (vector, _) in zip(counted, expected_vectors(refstats, batch)):
         np.testing.assert_array_equal(c.vector.astype(np.int64), vector)
+
+
+def test_a_worker_failure_other_than_a_broken_pool_parses_the_batch_here(refstats, bundle_id):
+    """A bug or MemoryError in a worker must not end ingestion: the batch is parsed (and then
+    stored) in the monitor's thread. The Future is the real one a worker's failure completes."""
+    from concurrent.futures import Future
+
+    from edgeops.fleet.pool import ParseJob
+
+    logged = []
+    pool = ParserPool(PREFIX, 0, log=logged.append)
+    failed = Future()
+    failed.set_exception(MemoryError("out of memory while counting"))
+    batch = items(refstats, bundle_id, 3)
+    parsed = ParseJob(pool, batch, [failed]).result()
+    windows = [(first, message) for first, message in parsed.results if type(first) is Counted]
+    assert [m.device_id for _, m in windows] == ["dev-0", "dev-1", "dev-2"]  # Messages: stored by the monitor
+    assert parsed.results[-1] == (None, "field:seq")
+    assert logged and "MemoryError" in logged[0]
+
+
+def test_worker_vectors_add_up_in_64_bits():
+    """Vectors arrive as uint16; the horizon must sum them (and in-thread int64 ones) without wrapping."""
+    from edgeops.fleet.horizon import HorizonCounts
+
+    horizon = HorizonCounts(600.0)
+    small = _smallest(np.array([60000, 1], dtype=np.int64))
+    assert small.dtype == np.uint16
+    horizon.add("b", "d", 10.0, small, np.zeros(EXTRAS))
+    horizon.add("b", "d", 11.0, small, np.zeros(EXTRAS))
+    horizon.add("b", "d", 12.0, np.array([10, 2], dtype=np.int64), np.ones(EXTRAS))
+    counts, extras = horizon.totals(20.0)["b"]["d"]
+    assert counts.dtype == np.int64 and counts.tolist() == [120010, 4]
+    assert extras.tolist() == [1.0] * EXTRAS

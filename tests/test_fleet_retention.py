@@ -22,7 +22,7 @@ from edgeops.fleet.broker import parse_broker_url
 from edgeops.fleet.evaluation import Evaluator, EvaluatorConfig
 from edgeops.fleet.monitor import Monitor, MonitorConfig
 from edgeops.fleet.store import open_store
-from test_fleet_ingest import BUNDLE_ID, parsed_window
+from test_fleet_ingest import BUNDLE_ID
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -31,7 +31,12 @@ NOW = 1_800_000_000.0
 # -- helpers -----------------------------------------------------------------------------------
 
 def add_windows(store, device: str, ends: list[float], first_seq: int = 1) -> None:
-    store.insert_windows([parsed_window(device, first_seq + i, end=end) for i, end in enumerate(ends)])
+    """Windows received as they ended (retention needs both times before the cutoff)."""
+    from edgeops.fleet.ingest import parse_message
+    from test_fleet_ingest import encode, make_window, topic
+
+    store.insert_windows([parse_message(topic(device, "telemetry"), encode(make_window(device, first_seq + i, end=end)),
+                                        received=end) for i, end in enumerate(ends)])
 
 
 def add_drift(store, at: float, devices=("a",)) -> None:
@@ -304,3 +309,18 @@ def test_the_monitor_command_prunes_with_its_options(tmp_path):
         "1 drift rows older than 2 day(s)" in pruned[0], "".join(lines)
     with open_store(str(db)) as s:
         assert len(s.windows()) == 1 and s.devices()[0]["windows"] == 1 and s.drift_history() == []
+
+
+def test_a_device_clock_in_1970_does_not_get_its_windows_pruned_on_arrival(store):
+    """window_end is the device's clock; a board that booted without the time stamps 1970. Its
+    windows go only once the monitor also received them before the cutoff."""
+    from edgeops.fleet.ingest import parse_message
+    from test_fleet_ingest import encode, make_window, topic
+
+    cut = NOW - 7 * DAY
+    fresh = parse_message(topic("a", "telemetry"), encode(make_window("a", 1, end=1000.0)), received=NOW - 5)
+    old = parse_message(topic("a", "telemetry"), encode(make_window("a", 2, end=1060.0)), received=cut - 5)
+    store.insert_windows([fresh, old])
+    assert store.prune_rows("windows", cut) == 1
+    assert [w["seq"] for w in store.windows()] == [1]
+    assert_counts_exact(store)

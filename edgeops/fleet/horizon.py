@@ -179,7 +179,9 @@ class HorizonCounts:
         buckets = self.series.setdefault((bundle_id, device_id), {})
         bucket = buckets.get(index)
         if bucket is None:
-            buckets[index] = [vector.copy(), extras.copy()]
+            # int64 whatever the window's own type: worker vectors travel as uint16 (pool.py),
+            # and a sum in that type would wrap at 65,536.
+            buckets[index] = [vector.astype(np.int64), extras.astype(np.float64)]
         else:
             bucket[0] += vector
             bucket[1] += extras

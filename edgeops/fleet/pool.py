@@ -35,6 +35,7 @@ from .parsing import WINDOW, expand, parse_batch
 
 PARENT_POLL_S = 0.2  # how often a child checks that the monitor still runs
 LAYOUT_RETRY_S = 10.0  # a worker looks again for a reference it did not find after this long
+MAX_LAYOUTS = 1000  # bundles whose layout a worker remembers
 
 
 def default_workers() -> int:
@@ -140,6 +141,9 @@ class ParseJob:
                 chunks = [f.result() for f in self.futures]
             except BrokenProcessPool as exc:
                 self.pool._broken(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug or MemoryError in a worker: this batch is parsed here
+                self.pool.log(f"a parser process failed on a batch ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:200]}); parsing and storing it in the monitor's thread")
             else:
                 return _merge(chunks, self.items)
         out, _ = parse_batch(self.pool.prefix, self.items, shrink=False)
@@ -246,6 +250,8 @@ def _drop_store(db_url: str) -> None:
 
 
 def _layout(db_url: str, bundle_id: str) -> Layout | None:
+    if len(_LAYOUTS) > MAX_LAYOUTS:  # windows with made-up bundle ids must not grow it without end
+        _LAYOUTS.clear()
     cached = _LAYOUTS.get((db_url, bundle_id))
     if cached is not None and (cached[0] is not None or time.monotonic() - cached[1] < LAYOUT_RETRY_S):
         return cached[0]

@@ -195,7 +195,11 @@ class RecordsMixin:
     def _window_chunk(db, params) -> int:
         # ORDER BY keeps the lookup on the windows_by_end index: a sequential scan would walk
         # the rows of the previous chunks again (in PostgreSQL, dead until vacuumed).
-        select = "SELECT {rid} FROM windows WHERE window_end < ? ORDER BY window_end LIMIT ?"
+        # window_end is the device's clock: a board that booted without the time (1970) would
+        # see its windows deleted right after they arrived, so they must also have been
+        # *received* before the cutoff (the monitor's clock).
+        select = "SELECT {rid} FROM windows WHERE window_end < ? AND received < ? ORDER BY window_end LIMIT ?"
+        params = (params[0], params[0], params[1])
         if db.dialect == "sqlite":  # select, then delete by rowid: DELETE ... RETURNING needs SQLite 3.35
             rows = db.fetch(select.format(rid="rowid, device_id"), params)
             db.executemany("DELETE FROM windows WHERE rowid = ?", [(r[0],) for r in rows])
