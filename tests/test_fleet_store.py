@@ -201,7 +201,9 @@ def test_references_drift_alerts_and_state_round_trip(store):
 
 
 def test_prune_removes_old_rows_and_recounts(store):
-    store.insert_windows(windows_for(["a"], range(1, 6)))
+    # received as they ended: a window goes once it both ended and was received before the cutoff
+    store.insert_windows([parse_message(topic("a", "telemetry"), encode(make_window("a", s, end=1_000_000.0 + 60 * s)),
+                                        received=1_000_000.0 + 60 * s) for s in range(1, 6)])
     store.save_drift(10.0, [{"device_id": "a", "bundle_id": BUNDLE_ID, "feature": "x", "drifted": False}])
     assert store.prune(before=1_000_000.0 + 60 * 3) == {"windows": 2, "drift": 1}
     assert by_id(store)["a"]["windows"] == 3 and len(store.windows()) == 3
