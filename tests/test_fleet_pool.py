@@ -180,3 +180,63 @@ def test_worker_vectors_add_up_in_64_bits():
     counts, extras = horizon.totals(20.0)["b"]["d"]
     assert counts.dtype == np.int64 and counts.tolist() == [120010, 4]
     assert extras.tolist() == [1.0] * EXTRAS
+
+
+def _monitor(tmp_path, refstats=None, bundle_id=None, log=None):
+    """A Monitor that ingests in its own thread (no broker: ingest() is called directly)."""
+    from edgeops.fleet.broker import parse_broker_url
+    from edgeops.fleet.monitor import Monitor, MonitorConfig
+    from edgeops.fleet.references import Reference
+
+    refs = {bundle_id: Reference(bundle_id, "b", "1", {"model": {"name": "b"}}, refstats)} if refstats else {}
+    monitor = Monitor(MonitorConfig(broker=parse_broker_url("mqtt://127.0.0.1:1"),
+                                    db_url=str(tmp_path / "fleet.db"), parse_workers=0), refs,
+                      log=(log.append if log is not None else (lambda message: None)))
+    monitor.store = open_store(monitor.config.db_url)
+    for ref in refs.values():
+        monitor.store.save_reference(ref.bundle_id, ref.manifest, ref.refstats)
+    monitor.parser = ParserPool(PREFIX, 0)
+    return monitor
+
+
+def _published(payload: bytes, topic_: str, received: float = 100.0) -> tuple:
+    return (topic_, payload, 0, 1, received)  # (topic, payload, mid, qos, received) as paho's callback queues it
+
+
+def test_a_reinstalled_agent_starting_again_at_seq_1_is_counted(tmp_path, refstats, bundle_id):
+    """(device, agent instance, seq) identifies a window: a wiped agent's new windows are new."""
+    monitor = _monitor(tmp_path, refstats, bundle_id)
+    try:
+        def batch(instance, seqs):
+            bodies = [json.loads(window(refstats, bundle_id, "dev-r", s)) for s in seqs]
+            for b in bodies:
+                b["agent"]["instance"] = instance
+            return [_published(json.dumps(b).encode(), f"{PREFIX}/v1/devices/dev-r/telemetry") for b in bodies]
+
+        monitor.ingest(batch("old-instance", [1, 2, 3]))
+        monitor.ingest(batch("old-instance", [2, 3]))          # redelivered: not counted again
+        monitor.ingest(batch("new-instance", [1, 2]))          # the buffer was wiped: new windows
+        (_, extras), = monitor.horizon.totals(time.time()).get(bundle_id, {}).values()
+        assert extras[0] == 5 * 200  # ROWS: five windows of 200 rows
+        assert monitor.stats["windows_new"] == 5
+    finally:
+        monitor.store.close()
+
+
+def test_made_up_bundle_ids_neither_grow_the_monitor_nor_flood_its_log(tmp_path):
+    from edgeops.fleet import monitor as monitor_module
+    from test_fleet_ingest import encode, make_window
+
+    logs: list[str] = []
+    monitor = _monitor(tmp_path, log=logs)
+    try:
+        ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(monitor_module.MAX_BUNDLES + 200)]
+        for start in range(0, len(ids), 300):
+            monitor.ingest([_published(encode(make_window("dev-h", i + 1, bundle_id=b)),
+                                       f"{PREFIX}/v1/devices/dev-h/telemetry")
+                            for i, b in enumerate(ids[start:start + 300], start)])
+        assert len(monitor.layouts) <= monitor_module.MAX_BUNDLES
+        assert monitor.stats["windows_new"] == len(ids)  # all stored all the same
+        assert 10 <= len(logs) <= 12 and "1000 such bundles so far" in logs[-1]
+    finally:
+        monitor.store.close()

@@ -132,6 +132,7 @@ class Counted(NamedTuple):
     device_id: str
     bundle_id: str
     seq: int
+    instance: str  # the agent's instance: (device, instance, seq) identifies a window (telemetry.md)
     end: float
     role: str
     vector: np.ndarray | None = None
@@ -142,8 +143,8 @@ class Counted(NamedTuple):
 
 def counted(device_id: str, payload: dict, packed: dict | None = None) -> Counted:
     """The Counted of a window payload (validated, or read back from the store)."""
-    return Counted(device_id, payload["bundle"]["id"], payload["seq"], payload["window"]["end"],
-                   payload["variant"]["role"], payload=payload, packed=packed)
+    return Counted(device_id, payload["bundle"]["id"], payload["seq"], payload["agent"]["instance"],
+                   payload["window"]["end"], payload["variant"]["role"], payload=payload, packed=packed)
 
 
 class HorizonCounts:
@@ -153,14 +154,18 @@ class HorizonCounts:
         self.horizon_s = float(horizon_s)
         self.width = self.horizon_s / buckets
         self.series: dict[tuple[str, str], dict[int, list]] = {}
-        self._seen: dict[str, OrderedDict] = {}
-        self._floor: dict[str, int] = {}
+        self._seen: dict[tuple[str, str], OrderedDict] = {}
+        self._floor: dict[tuple[str, str], int] = {}
 
-    def is_new(self, device_id: str, seq: int) -> bool:
-        """False for a window already counted (a redelivery); remembers ``seq`` otherwise."""
-        if seq <= self._floor.get(device_id, 0):
+    def is_new(self, device_id: str, seq: int, instance: str = "") -> bool:
+        """False for a window already counted (a redelivery); remembers ``seq`` otherwise.
+
+        Per agent instance: an agent whose buffer directory was wiped starts again at seq 1 with a
+        new instance, and its windows are new, not redeliveries (telemetry.md)."""
+        key = (device_id, instance)
+        if seq <= self._floor.get(key, 0):
             return False
-        seen = self._seen.setdefault(device_id, OrderedDict())
+        seen = self._seen.setdefault(key, OrderedDict())
         if seq in seen:
             return False
         seen[seq] = None
@@ -169,7 +174,7 @@ class HorizonCounts:
             # window that old is redelivered only after a long outage and is past the horizon.
             for _ in range(SEEN_LIMIT // 2):
                 old, _ = seen.popitem(last=False)
-                self._floor[device_id] = max(self._floor.get(device_id, 0), old)
+                self._floor[key] = max(self._floor.get(key, 0), old)
         return True
 
     def add(self, bundle_id: str, device_id: str, end: float, vector: np.ndarray, extras: np.ndarray) -> None:

@@ -37,6 +37,7 @@ from .store import StoreError, open_store
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
 RECEIVE_MAXIMUM = 3000  # unacknowledged messages in flight to us: batches being parsed, committed and collected
 KINDS = ("status", "heartbeat", "telemetry")
+MAX_BUNDLES = 1000  # bundle ids whose layout (or lack of one) the monitor remembers
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ class Monitor:
                     vector = vector[:layout.size]
                 else:
                     vector, extra = w.vector, w.extras
-                if self.horizon.is_new(w.device_id, w.seq):
+                if self.horizon.is_new(w.device_id, w.seq, w.instance):
                     self.horizon.add(w.bundle_id, w.device_id, w.end, vector, extra)
 
     def _layout(self, bundle_id: str) -> Layout | None:
@@ -346,10 +347,18 @@ class Monitor:
             ref = self.reference(bundle_id, self.store)
             layout = Layout(ref.refstats) if ref is not None else None
             with self.lock:
+                if layout is None and len(self.layouts) >= MAX_BUNDLES:
+                    # Windows with made-up bundle ids must not grow this without end: forget the
+                    # unknown ones (looked up again if they come back), keep the known.
+                    self.layouts = {k: v for k, v in self.layouts.items() if v is not None}
                 self.layouts[bundle_id] = layout
             if layout is None:
-                self.log(f"no reference statistics for bundle {bundle_id[:12]}...: its windows are stored "
-                         "but not checked for drift (pass its .edgepkg with --bundle or --registry)")
+                self.stats["unknown_bundles"] += 1
+                n = self.stats["unknown_bundles"]
+                if n <= 10 or n % 1000 == 0:  # a flood of made-up ids must not flood the log
+                    self.log(f"no reference statistics for bundle {bundle_id[:12]}...: its windows are stored "
+                             "but not checked for drift (pass its .edgepkg with --bundle or --registry)"
+                             + (f"; {n} such bundles so far" if n > 10 else ""))
         return self.layouts[bundle_id]
 
     def reference(self, bundle_id: str, store) -> Reference | None:

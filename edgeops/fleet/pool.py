@@ -268,9 +268,9 @@ def _layout(db_url: str, bundle_id: str) -> Layout | None:
 
 def unpack_counts(flat: tuple, counts: tuple) -> Counted:
     """The Counted of a worker's window (the monitor side of ``work_batch``)."""
-    device_id, seq, bundle_id, role, end = flat[1], flat[3], flat[6], flat[10], flat[12]
+    device_id, seq, instance, bundle_id, role, end = flat[1], flat[3], flat[5], flat[6], flat[10], flat[12]
     if counts[0] == "v":
-        return Counted(device_id, bundle_id, seq, end, role, np.frombuffer(counts[2], dtype=counts[1]),
+        return Counted(device_id, bundle_id, seq, instance, end, role, np.frombuffer(counts[2], dtype=counts[1]),
                        np.frombuffer(counts[3], dtype=np.float64))
     packed = {s: (names, lengths, np.frombuffer(data, dtype=np.int64)) for s, (names, lengths, data) in counts[1].items()}
     return counted(device_id, expand(flat, None).payload, packed)
