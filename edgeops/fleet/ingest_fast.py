@@ -26,7 +26,7 @@ except ImportError:  # the monitor extra installs it; without it every window ta
 
 from .ingest_checks import BUNDLE_ID, LABEL, MAX_INT, PayloadError, _labels
 
-__all__ = ["available", "decode_window"]
+__all__ = ["available", "decode_window", "to_builtins"]
 
 if msgspec is not None:
     Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
@@ -127,6 +127,11 @@ if msgspec is not None:
 
 def available() -> bool:
     return msgspec is not None
+
+
+def to_builtins(value):
+    """Plain dicts/lists of part of a decoded window (for the few sections sent as they are)."""
+    return msgspec.to_builtins(value)
 
 
 _FEATURE_KINDS = {"numeric": list, "categorical": dict}

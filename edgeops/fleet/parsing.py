@@ -14,6 +14,7 @@ from operator import itemgetter
 import numpy as np
 
 from .ingest import Message, PayloadError, parse_message, parse_window_fast
+from .ingest_fast import to_builtins
 
 WINDOW = "window"
 SECTIONS = ("features", "outputs")
@@ -63,18 +64,12 @@ def compact(message: Message) -> tuple:
 def compact_typed(device_id: str, w, packed: dict, received: float) -> tuple:
     """``compact`` of a window decoded by the fast path (ingest_fast.Window)."""
     lat = w.latency_ms
-    raw = [None if section in packed else msgspec_builtins(entries)
+    raw = [None if section in packed else to_builtins(entries)
            for section, entries in (("features", w.features), ("outputs", w.outputs))]
     return (WINDOW, device_id, received, w.seq, w.agent.version, w.agent.instance, w.bundle.id, w.bundle.name,
             w.bundle.version, w.variant.name, w.variant.role, w.window.start, w.window.end, w.requests.count,
             w.requests.rows, w.requests.errors, w.requests.rejected, lat.p95, lat.counts,
-            None if w.accuracy is None else msgspec_builtins(w.accuracy), raw[0], raw[1])
-
-
-def msgspec_builtins(value):
-    import msgspec
-
-    return msgspec.to_builtins(value)
+            None if w.accuracy is None else to_builtins(w.accuracy), raw[0], raw[1])
 
 
 def expand(flat: tuple, text: str | None) -> Message:
