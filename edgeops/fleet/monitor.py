@@ -270,8 +270,9 @@ class Monitor:
     def ingest(self, batch: list, parsed: Parsed | None = None) -> None:
         """Store and count one batch of (topic, payload, mid, qos, received) items.
 
-        ``parsed``: the batch's ParserPool result, parsed here when not given. Windows that a
-        parser process already stored (``parsed.stored``) are only counted.
+        ``parsed``: the batch's ParserPool result, parsed here when not given. A window comes as
+        (Counted, Message | None): with a Message it is stored here, without one a worker process
+        already stored it and it is only counted.
         """
         windows, unstored, heartbeats, statuses, rejected = [], [], [], [], []
         if parsed is None:
